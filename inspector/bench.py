@@ -1,0 +1,174 @@
+"""`inspector bench`: frames/sec end to end and engine-only, from one run over the same batches.
+
+Offline mode feeds an in-memory stream (MemoryStreams) from a thread; `--redis` feeds a real Redis stream
+from a separate `inspector feed` process at the offered rate. Both run the real pipeline (threads, staging,
+engine, post-processing, fenced publish). A warm-up batch runs first and is not counted. Results carry the
+machine, commit and library versions, so a JSON file under benchmarks/results/ says where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from inspector import config as config_mod
+from inspector.config import Config
+from inspector.feed import feed, folder_payloads, messages, redis_adder, synthetic_payloads
+from inspector.io.memory import MemoryStreams
+from inspector.pipeline import Pipeline, from_config
+from inspector.stats import STAGES, Stats
+
+
+def environment() -> dict[str, Any]:
+    """Machine, commit and versions, for every results file."""
+    import cv2
+    import numpy
+    import redis
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+                "opencv": cv2.__version__, "redis_py": redis.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import tensorrt
+
+        versions["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        pass
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    machine: dict[str, Any] = {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
+                               "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        machine.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}",
+                       gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"machine": machine, "commit": commit, "versions": versions}
+
+
+def _payloads(source: str, encoding: str) -> list[tuple[bytes, str, int, int]]:
+    return synthetic_payloads(0, 32, encoding) if source == "synthetic" else folder_payloads(source, encoding)
+
+
+def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float) -> dict[str, Any]:
+    frames = stats.counters["frames"]
+    wall = (stats.last_done_ts or 0.0) - (stats.first_ts or 0.0)
+    infer_s = stats.stage_s["infer"]
+    engine_fps = stats.infer_frames / infer_s if infer_s else 0.0
+    fps = frames / wall if wall > 0 else 0.0
+    p50, p99 = stats.percentile(50), stats.percentile(99)
+    result: dict[str, Any] = {
+        "mode": mode, "fps": round(fps, 2), "engine_fps": round(engine_fps, 2),
+        "fps_over_engine_fps": round(fps / engine_fps, 3) if engine_fps else None,
+        "latency_ms_p50": None if p50 is None else round(p50, 2),
+        "latency_ms_p99": None if p99 is None else round(p99, 2), "frames": frames,
+        "offered_fps": rate or None, "camera_fps": cfg.camera.fps, "meets_camera_rate": fps >= cfg.camera.fps,
+        "stage_ms_per_frame": {s: round(1000 * stats.stage_s[s] / max(frames, 1), 3) for s in STAGES},
+        "batch_size": cfg.batching.batch_size, "max_wait_ms": cfg.batching.max_wait_ms,
+        "backend": pipe.backend.name, "device": str(pipe.backend.device), "model": pipe.backend.model_id,
+        "rejected": stats.counters["rejected"], "wall_s": round(wall, 3),
+    }
+    return {**result, **environment()}
+
+
+def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool]) -> Stats:
+    """Run the threaded pipeline until `frames` events are out (or the feeder is gone and the stream idle)."""
+    pipe.stats = stats = Stats()
+    while stats.counters["frames"] + stats.counters["rejected"] < frames:
+        pipe.run(burst=True, handle_signals=False, report_every_s=3600)
+        if not feeding():
+            pipe.run(burst=True, handle_signals=False, report_every_s=3600)
+            break
+    return stats
+
+
+def _warm_up(pipe: Pipeline, add: Callable[[list[dict[bytes, bytes]]], None], payloads: list[Any]) -> None:
+    """One batch through every stage first: lazy initialisation and first-call allocations are not timed."""
+    feed(add, messages(payloads, camera="warmup"), pipe.cfg.batching.batch_size)
+    while pipe.step():
+        pass
+
+
+def offline(cfg: Config, frames: int, rate: float = 0.0, source: str = "synthetic",
+            encoding: str = "gray8") -> dict[str, Any]:
+    """In-memory stream; `rate` 0 queues every frame up front (throughput), >0 offers them at that rate."""
+    streams = MemoryStreams()
+    pipe = from_config(cfg, streams)
+    pipe.backend.activate()
+    payloads = _payloads(source, encoding)
+
+    def add(batch: list[dict[bytes, bytes]]) -> None:
+        for fields in batch:
+            streams.add(fields)
+
+    _warm_up(pipe, add, payloads)
+    gen = messages(payloads, camera="bench")
+    feeder = threading.Thread(target=feed, args=(add, gen, frames, rate), daemon=True)
+    feeder.start()
+    if rate <= 0:
+        feeder.join()
+    stats = _drive(pipe, frames, feeder.is_alive)
+    return _result(cfg, pipe, stats, "offline", rate)
+
+
+def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic",
+               encoding: str = "gray8") -> dict[str, Any]:
+    """Real Redis stream fed by a separate `inspector feed` process at `rate` frames/s (0 = flat out)."""
+    import redis
+
+    from inspector.io.redis_server import PrivateRedis
+
+    server = None
+    if cfg.redis.url is None:
+        server = PrivateRedis()
+        cfg = config_mod.replace(cfg, redis={"url": server.start()})
+    try:
+        client = redis.Redis.from_url(cfg.redis.url)
+        client.delete(cfg.redis.frames_key, cfg.redis.events_key, cfg.redis.dead_key)
+        pipe = from_config(cfg)
+        pipe.backend.activate()
+        _warm_up(pipe, redis_adder(client, cfg.redis.frames_key), _payloads(source, encoding))
+        cmd = [sys.executable, "-m", "inspector.cli", "feed", "--redis-url", cfg.redis.url, "--frames-key",
+               cfg.redis.frames_key, "--count", str(frames), "--fps", str(rate), "--encoding", encoding,
+               "--camera", "bench"] + ([] if source == "synthetic" else ["--folder", source])
+        feeder = subprocess.Popen(cmd)
+        stats = _drive(pipe, frames, lambda: feeder.poll() is None)
+        if feeder.wait(timeout=60) != 0:
+            raise RuntimeError(f"the feeder process exited with {feeder.returncode}")
+        return _result(cfg, pipe, stats, "redis", rate)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def write(result: dict[str, Any], out: str | Path) -> Path:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

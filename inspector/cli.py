@@ -1,0 +1,153 @@
+"""Command line: `inspector run | feed | bench | demo`. Parses options, calls library code, no logic."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from inspector.errors import InspectorError
+
+
+def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--config, --redis-url (INSPECTOR_REDIS_URL), --verbose on every command that talks to Redis."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="YAML config (see config/inspector.yaml); built-in defaults without it.")
+    @click.option("--redis-url", envvar="INSPECTOR_REDIS_URL", default=None,
+                  help="Redis URL, e.g. redis://127.0.0.1:6379/0 (env INSPECTOR_REDIS_URL).")
+    @click.option("-v", "--verbose", count=True, help="-v for debug logging.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, verbose: int = 0, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return fn(*args, **kwargs)
+        except InspectorError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--engine", default=None, help="Engine folder (default engines/current)."),
+        click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default=None),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--max-wait-ms", type=float, default=None),
+        click.option("--threads", type=int, default=None, help="CPU threads for the engine (0 = library default)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _load(config_path: str | None, redis_url: str | None, engine: str | None = None, backend: str | None = None,
+          device: str | None = None, batch_size: int | None = None, max_wait_ms: float | None = None,
+          threads: int | None = None) -> Any:
+    from inspector import config
+
+    return config.load(config_path, redis_url, engine__path=engine, engine__backend=backend, engine__device=device,
+                       engine__threads=threads, batching__batch_size=batch_size, batching__max_wait_ms=max_wait_ms)
+
+
+@click.group()
+@click.version_option(package_name="steel-inspector")
+def main() -> None:
+    """Steel-surface inspection worker: Redis frames in, defect events out."""
+
+
+@main.command()
+@shared_options
+@engine_options
+@click.option("--burst", is_flag=True, help="Process until the stream has nothing new, then exit.")
+def run(config_path: str | None, redis_url: str | None, burst: bool, **engine: Any) -> None:
+    """The service: read frames, publish one event per frame, until SIGTERM."""
+    from inspector.pipeline import from_config
+
+    pipe = from_config(_load(config_path, redis_url, **engine))
+    stats = pipe.run(burst=burst)
+    click.echo(json.dumps(stats.snapshot()))
+
+
+@main.command()
+@shared_options
+@click.option("--folder", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Images to send (cycled); the synthetic camera without it.")
+@click.option("--encoding", type=click.Choice(["original", "gray8", "jpeg", "png"]), default="original",
+              help="original: the files' own bytes (synthetic frames: gray8).")
+@click.option("--fps", type=float, default=0.0, help="Offered rate; 0 = as fast as possible.")
+@click.option("--count", type=int, default=100, help="Frames to send.")
+@click.option("--camera", default="cam-0")
+@click.option("--seed", type=int, default=0, help="Synthetic camera seed.")
+@click.option("--frames-key", default=None, help="Frames stream (default from config).")
+def feed(config_path: str | None, redis_url: str | None, folder: str | None, encoding: str, fps: float,
+         count: int, camera: str, seed: int, frames_key: str | None) -> None:
+    """Push frames into the frames stream (a stand-in for the cameras)."""
+    import redis
+
+    from inspector import feed as feeding
+    from inspector.io.redis_streams import DEFAULT_URL
+
+    cfg = _load(config_path, redis_url)
+    payloads = (feeding.folder_payloads(folder, encoding) if folder
+                else feeding.synthetic_payloads(seed, 32, encoding))
+    client = redis.Redis.from_url(cfg.redis.url or DEFAULT_URL)
+    key = frames_key or cfg.redis.frames_key
+    sent = feeding.feed(feeding.redis_adder(client, key), feeding.messages(payloads, camera), count, fps)
+    click.echo(f"sent {sent} frames to {key}", err=True)
+
+
+@main.command()
+@shared_options
+@engine_options
+@click.option("--redis", "use_redis", is_flag=True, help="Real Redis stream and a feeder process (else in-memory).")
+@click.option("--frames", type=int, default=64, help="Frames to time (after one warm-up batch).")
+@click.option("--rate", type=float, default=0.0, help="Offered frames/s; 0 = all at once (throughput).")
+@click.option("--source", default="synthetic", help="'synthetic' or a folder of images.")
+@click.option("--encoding", type=click.Choice(["original", "gray8", "jpeg", "png"]), default="gray8")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frames: int, rate: float, source: str,
+          encoding: str, as_json: bool, out: str | None, **engine: Any) -> None:
+    """Frames/sec end to end and engine-only, latency, per-stage times."""
+    from inspector import bench as benching
+
+    cfg = _load(config_path, redis_url, **engine)
+    run_bench = benching.with_redis if use_redis else benching.offline
+    result = run_bench(cfg, frames, rate, source, encoding)
+    if out:
+        benching.write(result, out)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        stages = ", ".join(f"{k} {v} ms" for k, v in result["stage_ms_per_frame"].items())
+        click.echo(f"{result['frames']} frames: {result['fps']} frames/s end to end, engine {result['engine_fps']} "
+                   f"frames/s ({result['backend']} on {result['device']}, batch {result['batch_size']}); latency "
+                   f"p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms; camera rate "
+                   f"{result['camera_fps']} met: {result['meets_camera_rate']}\nper frame: {stages}")
+
+
+@main.command()
+@shared_options
+@engine_options
+@click.option("--fps", type=float, default=None, help="Synthetic camera rate (default: camera.fps).")
+@click.option("--seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
+@click.option("--bad-every", type=int, default=0, help="Make every Nth frame malformed, to see rejections.")
+def demo(config_path: str | None, redis_url: str | None, fps: float | None, seconds: float | None,
+         bad_every: int, **engine: Any) -> None:
+    """The whole loop: private Redis, synthetic camera, the worker, a live summary."""
+    from inspector import demo as demoing
+
+    cfg = _load(config_path, redis_url, **engine)
+    logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
+    demoing.run(cfg, fps or cfg.camera.fps, seconds, bad_every)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

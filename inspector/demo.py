@@ -1,0 +1,107 @@
+"""`inspector demo`: the whole loop on one machine with no other step.
+
+A private redis-server (unless one is configured), a synthetic camera pushing frames at a set rate, the
+engine in engines/current, the worker, and a live summary read back from the events stream, the way a
+downstream system would see it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from inspector import config as config_mod
+from inspector.config import Config
+from inspector.feed import corrupt, feed, messages, redis_adder, synthetic_payloads
+from inspector.io.redis_server import PrivateRedis
+from inspector.pipeline import from_config
+from inspector.protocol import EVENT_FIELD, unpack_event
+
+
+class Summary:
+    """Tallies the events stream and prints one line every `every_s` seconds."""
+
+    def __init__(self, client: redis.Redis, cfg: Config, fed: Callable[[], int], out: Callable[[str], None]) -> None:
+        self.client, self.cfg, self.fed, self.out = client, cfg, fed, out
+        self.last_id = "0-0"
+        self.status: collections.Counter[str] = collections.Counter()
+        self.classes: collections.Counter[int] = collections.Counter()
+        self.latencies: collections.deque[float] = collections.deque(maxlen=2000)
+        self.started = time.monotonic()
+        self.last_line = ""
+
+    def poll(self) -> None:
+        reply = self.client.xread({self.cfg.redis.events_key: self.last_id}, count=10_000)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                event = unpack_event(fields[EVENT_FIELD])
+                self.status[event["status"]] += 1
+                self.latencies.append((event["done_ts"] - event["ts"]) * 1000)
+                for defect in event["defects"]:
+                    self.classes[defect["class_id"]] += 1
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        events = sum(self.status.values())
+        lat = sorted(self.latencies)
+        p50 = f"{lat[len(lat) // 2]:.0f}" if lat else "-"
+        p99 = f"{lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.0f}" if lat else "-"
+        defects = " ".join(f"{c}:{self.classes[c]}" for c in range(1, 5))
+        return (f"[{elapsed:5.0f}s] fed {self.fed()} | events {events} (ok {self.status['ok']}, rejected "
+                f"{self.status['rejected']}) | {events / max(elapsed, 1e-9):.1f} frames/s | latency p50 {p50} ms "
+                f"p99 {p99} ms | defects by class {defects}")
+
+    def loop(self, stop: threading.Event, every_s: float) -> None:
+        while not stop.wait(every_s):
+            self.poll()
+            self.last_line = self.line()
+            self.out(self.last_line)
+
+
+def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed: int = 0,
+        out: Callable[[str], None] = print, every_s: float = 2.0) -> Summary:
+    server = None
+    if cfg.redis.url is None:
+        server = PrivateRedis()
+        cfg = config_mod.replace(cfg, redis={"url": server.start()})
+        out(f"started a private redis-server at {cfg.redis.url}")
+    stop = threading.Event()
+    try:
+        client = redis.Redis.from_url(cfg.redis.url)
+        pipe = from_config(cfg)
+        out(f"engine {pipe.backend.model_id} ({pipe.backend.name} on {pipe.backend.device}); camera: synthetic "
+            f"frames at {fps:g}/s into {cfg.redis.frames_key}; events on {cfg.redis.events_key}")
+        add = redis_adder(client, cfg.redis.frames_key)
+        sent = [0]
+        kinds = ("truncated", "wrong_size", "unknown_encoding", "not_msgpack")
+
+        def add_counted(batch: list[dict[bytes, bytes]]) -> None:
+            if bad_every:
+                batch = [corrupt(kinds[(sent[0] + i) // bad_every % 4]) if (sent[0] + i + 1) % bad_every == 0
+                         else fields for i, fields in enumerate(batch)]
+            add(batch)
+            sent[0] += len(batch)
+
+        frames = messages(synthetic_payloads(seed, 48, "jpeg"), camera="demo-cam")
+        feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps, stop.is_set), daemon=True)
+        summary = Summary(client, cfg, lambda: sent[0], out)
+        reporter = threading.Thread(target=summary.loop, args=(stop, every_s), daemon=True)
+        if seconds:
+            threading.Timer(seconds, pipe.stop).start()
+        feeder.start()
+        reporter.start()
+        pipe.run(report_every_s=3600)
+        stop.set()
+        time.sleep(0.1)
+        summary.poll()
+        out("final: " + summary.line())
+        return summary
+    finally:
+        stop.set()
+        if server is not None:
+            server.stop()

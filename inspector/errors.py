@@ -1,0 +1,33 @@
+"""Every error the worker raises on purpose, so callers can catch by stage.
+
+    InspectorError
+    ├── ConfigError      a config key is missing, unknown or out of range (names the key and the fix)
+    ├── SourceError      Redis (or another frame source / event sink) failed or refused
+    ├── DecodeError      one frame's payload is malformed; the frame is rejected, the worker goes on
+    └── EngineError      an engine folder, manifest or backend cannot be loaded or run
+        └── EngineMismatchError  the engine was built for another TensorRT version or GPU
+"""
+
+
+class InspectorError(Exception):
+    """Base of every error raised on purpose by inspector and trainer."""
+
+
+class ConfigError(InspectorError):
+    """A configuration value is wrong; the message names the key and how to fix it."""
+
+
+class SourceError(InspectorError):
+    """The frame source or event sink failed (connection lost, refused command)."""
+
+
+class DecodeError(InspectorError):
+    """A frame payload cannot become a uint8 image; the frame is rejected, not retried."""
+
+
+class EngineError(InspectorError):
+    """An engine cannot be loaded or run."""
+
+
+class EngineMismatchError(EngineError):
+    """The engine was built for another TensorRT version or GPU: rebuild it with `trainer build-engine`."""

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The main job: set up (first run: a few minutes), then the whole loop: a private Redis, a synthetic camera,
+# the shipped demo engine, the worker, and a live summary. Extra arguments go to `inspector demo`.
+source "$(dirname "$0")/env.sh"
+exec inspector demo "$@"

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from inspector.cli import main
+from trainer.cli import main as trainer_main
+
+
+def test_bench_offline_json(tiny_engine) -> None:
+    result = CliRunner().invoke(main, ["bench", "--engine", str(tiny_engine), "--frames", "8", "--batch-size", "4",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.strip().splitlines()[-1])
+    for key in ("fps", "engine_fps", "latency_ms_p50", "latency_ms_p99", "frames", "camera_fps",
+                "meets_camera_rate", "stage_ms_per_frame", "machine", "commit", "versions"):
+        assert key in data
+    assert data["frames"] == 8 and data["fps"] > 0 and data["engine_fps"] > 0
+    assert set(data["stage_ms_per_frame"]) >= {"decode", "stage", "infer", "postprocess", "publish"}
+
+
+@pytest.mark.redis
+def test_bench_redis_json(tiny_engine, redis_url) -> None:
+    result = CliRunner().invoke(main, ["bench", "--redis", "--redis-url", redis_url, "--engine", str(tiny_engine),
+                                       "--frames", "8", "--batch-size", "4", "--rate", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.strip().splitlines()[-1])
+    assert data["mode"] == "redis" and data["frames"] == 8 and data["offered_fps"] == 20
+
+
+def test_config_error_is_one_clear_line(tmp_path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("batching:\n  batch_sise: 4\n")
+    result = CliRunner().invoke(main, ["run", "--config", str(bad)])
+    assert result.exit_code != 0 and "batching.batch_sise" in result.output and "Traceback" not in result.output
+
+
+def test_missing_engine_names_the_fix(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["bench", "--engine", str(tmp_path / "none"), "--frames", "1"])
+    assert result.exit_code != 0 and "trainer build-engine" in result.output
+
+
+@pytest.mark.redis
+def test_feed_then_run_burst(tiny_engine, redis_url, sample_dir) -> None:
+    import redis
+
+    runner = CliRunner()
+    fed = runner.invoke(main, ["feed", "--redis-url", redis_url, "--folder", str(sample_dir / "images"),
+                               "--count", "5"])
+    assert fed.exit_code == 0, fed.output
+    ran = runner.invoke(main, ["run", "--redis-url", redis_url, "--engine", str(tiny_engine), "--burst"])
+    assert ran.exit_code == 0, ran.output
+    assert redis.Redis.from_url(redis_url).xlen("inspect:events") == 5
+
+
+def test_trainer_synth_and_evaluate_cli(tmp_path, tiny_checkpoint) -> None:
+    runner = CliRunner()
+    assert runner.invoke(trainer_main, ["synth", "--out", str(tmp_path / "d"), "--images", "3"]).exit_code == 0
+    result = runner.invoke(trainer_main, ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data",
+                                          str(tmp_path / "d"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert 0.0 <= json.loads(result.output.strip().splitlines()[-1])["mean_dice"] <= 1.0
+
+
+def test_trainer_bad_inputs_are_clear_errors(tmp_path, tiny_checkpoint) -> None:
+    (tmp_path / "images").mkdir()
+    result = CliRunner().invoke(trainer_main, ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data",
+                                               str(tmp_path)])
+    assert result.exit_code != 0 and "train.csv" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(trainer_main, ["evaluate", "--checkpoint", __file__, "--data", str(tmp_path)])
+    assert result.exit_code != 0 and "checkpoint" in result.output

@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.synth import write_dataset
+from trainer.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("synth"), 16, seed=2, progress=False)
+
+
+def cfg(data, out, **over) -> TrainConfig:
+    base = {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": (16, 16, 16, 8, 8), "scale": 0.5,
+            "batch_size": 4, "crop_width": 256, "lr": 3e-3, "val_fraction": 0.25, "device": "cpu"}
+    return TrainConfig(data=str(data), out=str(out), **{**base, **over})
+
+
+def test_few_steps_lower_the_loss_and_save(tiny_data, tmp_path) -> None:
+    state = train(cfg(tiny_data, tmp_path / "run", max_steps=30, lr=1e-2), progress=False)
+    losses = state["history"]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    for name in ("best.pt", "last.pt", "config.yaml", "split.json"):
+        assert (tmp_path / "run" / name).exists()
+    assert set(json.loads((tmp_path / "run" / "split.json").read_text())) == {"train", "val"}
+
+
+def test_deterministic_on_cpu_and_resumable(tiny_data, tmp_path) -> None:
+    a = train(cfg(tiny_data, tmp_path / "a", max_steps=8), progress=False, stop_at_step=2)
+    b = train(cfg(tiny_data, tmp_path / "b", max_steps=8), progress=False, stop_at_step=2)
+    assert a["step"] == 2 and a["history"] == b["history"]  # deterministic with a seed on CPU
+    c = train(cfg(tiny_data, tmp_path / "c", max_steps=8), resume=str(tmp_path / "a" / "last.pt"), progress=False)
+    assert c["step"] == 8 and c["history"][:2] == a["history"] and len(c["history"]) == 8
+    ckpt = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
+    assert ckpt["state"]["step"] == 8
+
+
+def test_tune_improves_or_keeps_the_metric(tiny_data, tmp_path) -> None:
+    from inspector.model import load_checkpoint
+    from trainer.data import load_dataset
+    from trainer.evaluate import evaluate_model
+    from trainer.tune import tune
+
+    train(cfg(tiny_data, tmp_path / "run", max_steps=10), progress=False)
+    model, _ = load_checkpoint(str(tmp_path / "run" / "best.pt"))
+    samples = load_dataset(tiny_data)[:6]
+    params, result = tune(model, samples)
+    untuned = evaluate_model(model, samples)["mean_dice"]
+    tuned = evaluate_model(model, samples, params)["mean_dice"]
+    assert tuned == pytest.approx(result["mean_dice"], abs=1e-9)  # the tuner's arithmetic = the evaluator's
+    assert tuned >= untuned - 1e-9
+
+
+def test_metric_and_submission_scoring(sample_dir, tmp_path) -> None:
+    from trainer.evaluate import score_submission
+
+    ids = [p.name for p in (sample_dir / "images").iterdir()]
+    perfect = score_submission(sample_dir / "train.csv", sample_dir / "train.csv", ids)
+    assert perfect["mean_dice"] == 1.0
+    empty = tmp_path / "empty.csv"
+    empty.write_text("ImageId,ClassId,EncodedPixels\n")
+    score = score_submission(empty, sample_dir / "train.csv", ids)
+    assert score["mean_dice"] == pytest.approx(1 - 48 / 160)  # 48 defect pairs of 160 score 0
+
+
+def test_overlays_written(tmp_path, tiny_checkpoint, sample_dir) -> None:
+    import cv2
+
+    from inspector.model import load_checkpoint
+    from trainer.data import load_dataset
+    from trainer.evaluate import evaluate_model
+
+    model, _ = load_checkpoint(str(tiny_checkpoint))
+    evaluate_model(model, load_dataset(sample_dir)[:2], overlays=tmp_path / "ov")
+    pngs = sorted((tmp_path / "ov").glob("*.png"))
+    assert len(pngs) == 2 and cv2.imread(str(pngs[0])).shape == (256 * 2 + 6, 1600, 3)

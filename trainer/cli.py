@@ -1,0 +1,201 @@
+"""Command line: `trainer synth | train | evaluate | tune | export | build-engine`. No logic here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from inspector.errors import InspectorError
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from trainer.data import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except (InspectorError, DataError, FileNotFoundError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def _samples(data: str, split: str, run: str | None) -> list[Any]:
+    """The frames of `data`; with split val/train and a run folder, that run's split."""
+    from trainer.data import load_dataset
+
+    samples = load_dataset(data)
+    if split == "all":
+        return samples
+    if run is None:
+        raise click.UsageError("--split train/val needs --run (the run folder holding split.json)")
+    ids = set(json.loads((Path(run) / "split.json").read_text())[split])
+    return [s for s in samples if s.image_id in ids]
+
+
+@click.group()
+def main() -> None:
+    """Train, measure, tune, export and install the defect segmentation model."""
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--images", type=int, default=200)
+@click.option("--seed", type=int, default=0)
+@click.option("--start", type=int, default=0, help="First frame index (a held-out set uses another range).")
+@handled
+def synth(out: str, images: int, seed: int, start: int) -> None:
+    """Write a synthetic dataset in the Kaggle layout (images/ + train.csv)."""
+    from trainer.synth import write_dataset
+
+    click.echo(write_dataset(out, images, seed, start))
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML with TrainConfig keys (see config/trainer.yaml).")
+@click.option("--encoder", default=None)
+@click.option("--epochs", type=int, default=None)
+@click.option("--max-steps", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None)
+@click.option("--encoder-weights", default=None, help="Local file with encoder weights (nothing is downloaded).")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None, help="A last.pt to resume.")
+@handled
+def train(data: str, out: str, config_path: str | None, resume: str | None, **overrides: Any) -> None:
+    """Train the Unet; writes best.pt, last.pt, config.yaml and split.json into the run folder."""
+    from trainer.train import TrainConfig
+    from trainer.train import train as run_train
+
+    cfg = TrainConfig.from_sources(config_path, data=data, out=out, **overrides)
+    state = run_train(cfg, resume)
+    click.echo(f"best validation mean Dice {state['best']:.4f}; checkpoint {Path(out) / 'best.pt'}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", type=click.Choice(["all", "val", "train"]), default="all")
+@click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--overlays", type=click.Path(file_okay=False), default=None, help="Write PNG overlays here.")
+@click.option("--json", "as_json", is_flag=True)
+@handled
+def evaluate(checkpoint: str, data: str, split: str, run: str | None, overlays: str | None, as_json: bool) -> None:
+    """Competition metric (mean Dice over image-class pairs) with the checkpoint's tuned post-processing."""
+    from inspector.model import load_checkpoint
+    from inspector.postprocess import PostprocessParams
+    from trainer.evaluate import evaluate_model
+    from trainer.metrics import table
+
+    model, ckpt = load_checkpoint(checkpoint)
+    params = PostprocessParams.resolve(None, ckpt.get("postprocess")) if ckpt.get("postprocess") else None
+    summary = evaluate_model(model, _samples(data, split, run), params, overlays=Path(overlays) if overlays else None)
+    click.echo(json.dumps(summary) if as_json else table(summary))
+
+
+@main.command("score")
+@click.option("--submission", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False), help="A train.csv.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder, to count defect-free frames absent from both files.")
+@handled
+def score(submission: str, truth: str, images: str | None) -> None:
+    """Score a Kaggle-format submission CSV against a train.csv."""
+    from trainer.evaluate import score_submission
+    from trainer.metrics import table
+
+    ids = [p.name for p in Path(images).iterdir()] if images else []
+    click.echo(table(score_submission(Path(submission), Path(truth), ids)))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", type=click.Choice(["all", "val"]), default="val")
+@click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
+@handled
+def tune(checkpoint: str, data: str, split: str, run: str | None) -> None:
+    """Choose per-class post-processing on validation frames; stores it in the checkpoint."""
+    import torch
+
+    from inspector.model import load_checkpoint
+    from trainer.train import save_checkpoint
+    from trainer.tune import tune as run_tune
+
+    model, ckpt = load_checkpoint(checkpoint)
+    run = run or str(Path(checkpoint).parent)
+    params, result = run_tune(model, _samples(data, split, run))
+    extra = {k: v for k, v in ckpt.items() if k not in ("spec", "model")}
+    save_checkpoint(Path(checkpoint), model, **{**extra, "postprocess": params.as_dict(), "tune": result})
+    click.echo(json.dumps({"postprocess": params.as_dict(), **result}))
+    del torch
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--fp16", is_flag=True, help="Half-precision export (for TensorRT's strongly typed build).")
+@click.option("--max-batch", type=int, default=32)
+@handled
+def export(checkpoint: str, out: str, fp16: bool, max_batch: int) -> None:
+    """ONNX with dynamic batch, uint8 input, probabilities and presence out; checked against PyTorch."""
+    import torch
+
+    from inspector.model import load_checkpoint
+    from trainer.export import check_parity, export_onnx
+
+    model, _ = load_checkpoint(checkpoint)
+    path = export_onnx(model, out, max_batch=max_batch, half=fp16)
+    if not fp16:
+        frames = torch.randint(0, 256, (2, 1, 256, 1600), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        click.echo(f"max |ONNX - PyTorch| = {check_parity(model, path, frames):.2e}")
+    click.echo(path)
+
+
+@main.command("build-engine")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Use this FP32 export instead of exporting anew.")
+@click.option("--engines", "engines_dir", default="engines", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "tensorrt"]), default="auto",
+              help="auto: a TensorRT plan where TensorRT and a GPU are present, else ONNX for ONNX Runtime.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Frames for the parity gate (default: 8 synthetic frames).")
+@click.option("--parity-frames", type=int, default=8)
+@click.option("--max-batch", type=int, default=32)
+@click.option("--no-install", is_flag=True, help="Build and check, but leave engines/current alone.")
+@handled
+def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: str, data: str | None,
+                 parity_frames: int, max_batch: int, no_install: bool) -> None:
+    """Build the engine the worker loads, check parity, install it atomically as engines/current."""
+    import numpy as np
+    import torch
+
+    from inspector import synth
+    from trainer.build_engine import build
+    from trainer.data import load_dataset, read_image
+
+    if data:
+        images = [read_image(s.path) for s in load_dataset(data)[:parity_frames]]
+    else:
+        images = [synth.frame(12345, i).image for i in range(parity_frames)]
+    frames = torch.from_numpy(np.stack(images))[:, None]
+    folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, install=not no_install)
+    click.echo(f"{'built' if no_install else 'installed'} {folder}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Severstal (Kaggle) layout: a folder of images plus train.csv, in the modern or the old form.
+
+modern: ImageId,ClassId,EncodedPixels  (defect rows only; images without rows are defect-free)
+old:    ImageId_ClassId,EncodedPixels  (one row per image and class, empty EncodedPixels for no defect)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from inspector.rle import decode
+
+NUM_CLASSES = 4
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """The dataset is malformed; the message names the file, row and problem."""
+
+
+@dataclass
+class Sample:
+    image_id: str
+    path: Path
+    rles: dict[int, str]  # class id (1..4) -> RLE, only classes with a defect
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(sorted(self.rles))
+
+
+def read_labels(csv_path: Path) -> dict[str, dict[int, str]]:
+    """image id -> {class id: rle}, from either CSV form; DataError names the row."""
+    labels: dict[str, dict[int, str]] = defaultdict(dict)
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        modern = {"ImageId", "ClassId", "EncodedPixels"} <= set(fields)
+        old = {"ImageId_ClassId", "EncodedPixels"} <= set(fields)
+        if not (modern or old):
+            raise DataError(f"{csv_path}: header {fields} is neither ImageId,ClassId,EncodedPixels nor "
+                            "ImageId_ClassId,EncodedPixels")
+        for line, row in enumerate(reader, start=2):
+            if modern:
+                image_id, cls = row["ImageId"], row["ClassId"]
+            else:
+                image_id, _, cls = row["ImageId_ClassId"].rpartition("_")
+            if not cls.isdigit() or not 1 <= int(cls) <= NUM_CLASSES:
+                raise DataError(f"{csv_path} line {line}: class '{cls}' is not 1..{NUM_CLASSES}")
+            rle = (row["EncodedPixels"] or "").strip()
+            if not rle:
+                continue
+            try:
+                decode(rle)  # validate once here, so training never meets a bad row
+            except ValueError as exc:
+                raise DataError(f"{csv_path} line {line} ({image_id}, class {cls}): bad RLE: {exc}") from None
+            labels[image_id][int(cls)] = rle
+    return labels
+
+
+def load_dataset(folder: str | Path, csv_name: str = "train.csv", images: str = "images") -> list[Sample]:
+    """Every image in folder/images (or folder/train_images), with its labels from folder/train.csv."""
+    root = Path(folder)
+    image_dir = next((root / d for d in (images, "train_images") if (root / d).is_dir()), None)
+    if image_dir is None:
+        raise DataError(f"{root} has no '{images}/' or 'train_images/' folder of frames")
+    csv_path = root / csv_name
+    if not csv_path.exists():
+        raise DataError(f"{root} has no {csv_name} (Kaggle labels; `trainer synth` writes one)")
+    labels = read_labels(csv_path)
+    files = {p.name: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    missing = sorted(set(labels) - set(files))
+    if missing:
+        raise DataError(f"{csv_path} labels {len(missing)} image(s) missing from {image_dir}, e.g. {missing[0]}")
+    return [Sample(name, path, labels.get(name, {})) for name, path in sorted(files.items())]
+
+
+def read_image(path: Path, shape: tuple[int, int] = (256, 1600)) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise DataError(f"{path} cannot be read as an image")
+    if image.shape != shape:
+        raise DataError(f"{path} is {image.shape[0]}x{image.shape[1]}, expected {shape[0]}x{shape[1]}")
+    return image
+
+
+def masks_of(sample: Sample, shape: tuple[int, int] = (256, 1600)) -> np.ndarray:
+    out = np.zeros((NUM_CLASSES, *shape), dtype=np.uint8)
+    for cls, rle in sample.rles.items():
+        out[cls - 1] = decode(rle, shape)
+    return out
+
+
+def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split per class combination, so rare combinations appear on both sides when they can."""
+    groups: dict[tuple[int, ...], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.classes].append(s)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for key in sorted(groups):
+        group = groups[key]
+        order = rng.permutation(len(group))
+        n_val = round(len(group) * val_fraction) if len(group) > 1 else 0
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return train, val
+
+
+def combination_counts(samples: list[Sample]) -> Counter[tuple[int, ...]]:
+    return Counter(s.classes for s in samples)
+
+
+class SteelDataset(Dataset):
+    """(uint8 image [1, H, W], float masks [4, H, W]) pairs; flips and random crops when training."""
+
+    def __init__(self, samples: list[Sample], train: bool, crop_width: int | None = None, seed: int = 0) -> None:
+        self.samples, self.train, self.crop_width = samples, train, crop_width
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[i]
+        image = read_image(sample.path)
+        masks = masks_of(sample)
+        if self.train:
+            if self.rng.random() < 0.5:
+                image, masks = image[:, ::-1], masks[:, :, ::-1]
+            if self.rng.random() < 0.5:
+                image, masks = image[::-1], masks[:, ::-1]
+            if self.crop_width and self.crop_width < image.shape[1]:
+                x = self._crop_x(masks)
+                image, masks = image[:, x:x + self.crop_width], masks[:, :, x:x + self.crop_width]
+        return (torch.from_numpy(np.ascontiguousarray(image))[None],
+                torch.from_numpy(np.ascontiguousarray(masks)).float())
+
+    def _crop_x(self, masks: np.ndarray) -> int:
+        """Random crop, centred on a defect pixel two times in three when there is one."""
+        width = masks.shape[2]
+        assert self.crop_width is not None
+        cols = np.flatnonzero(masks.any(axis=(0, 1)))
+        if cols.size and self.rng.random() < 2 / 3:
+            centre = int(self.rng.choice(cols))
+            return int(np.clip(centre - self.crop_width // 2, 0, width - self.crop_width))
+        return int(self.rng.integers(0, width - self.crop_width + 1))
