@@ -160,3 +160,11 @@ def test_torch_fp16_masks_match_fp32(tiny_engine) -> None:
     total = (ma.sum(dim=(0, 2, 3)) + mb.sum(dim=(0, 2, 3))).float()
     dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
     assert float(dice.min()) >= 0.99
+
+
+def test_torch_format_engine_runs_through_auto_backend(tiny_checkpoint, tmp_path) -> None:
+    folder = build(tiny_checkpoint, frames(), tmp_path / "engines", "torch", install=False)
+    engine = engines.load(folder)
+    assert engine.manifest.format == "torch" and engine.file.name == "checkpoint.pt"
+    with backends.create(engine) as b:
+        assert b.name == "torch" and b.infer(frames(1)).probs.shape == (1, 4, 256, 1600)

@@ -89,3 +89,15 @@ def test_agrees_with_direct_inference(pipe_and_streams, tiny_checkpoint) -> None
         assert [d.class_id for d in w] == [d["class_id"] for d in g]
         for d, e in zip(w, g, strict=True):
             assert abs(d.area - e["area"]) <= max(5, d.area // 100)
+
+
+def test_postprocess_from_manifest_unless_config_overrides(tiny_engine) -> None:
+    from inspector.postprocess import PostprocessParams
+
+    pipe = from_config(config.load(engine__path=str(tiny_engine)), MemoryStreams())
+    assert pipe.params.min_component_area == (10, 10, 10, 10)  # tuned values stored in the manifest
+    assert pipe.params.min_class_area == (20, 20, 20, 20)
+    over = from_config(config.load(engine__path=str(tiny_engine), postprocess__min_class_area=[1, 2, 3, 4]),
+                       MemoryStreams())
+    assert over.params.min_class_area == (1, 2, 3, 4) and over.params.min_component_area == (10, 10, 10, 10)
+    assert PostprocessParams.resolve(None, None) == PostprocessParams()  # no manifest values: the defaults

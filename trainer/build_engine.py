@@ -118,6 +118,13 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
             props = torch.cuda.get_device_properties(0)
             gpu = {"name": props.name, "capability": f"{props.major}.{props.minor}"}
             engine_file, precision, backend, device = "model.plan", "fp16", "tensorrt", "cuda"
+        elif fmt == "torch":  # the checkpoint is the engine: PyTorch backend, FP16 on CUDA
+            if fp32.parent == staging:
+                fp32.unlink()
+            trt_versions = {}
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            engine_file, precision, backend = "checkpoint.pt", "fp16" if device == "cuda" else "fp32", "torch"
+            keep_checkpoint = True
         else:
             if fp32.parent != staging:
                 shutil.copyfile(fp32, staging / "model.onnx")

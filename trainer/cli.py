@@ -170,8 +170,9 @@ def export(checkpoint: str, out: str, fp16: bool, max_batch: int) -> None:
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Use this FP32 export instead of exporting anew.")
 @click.option("--engines", "engines_dir", default="engines", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "tensorrt"]), default="auto",
-              help="auto: a TensorRT plan where TensorRT and a GPU are present, else ONNX for ONNX Runtime.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "tensorrt", "torch"]), default="auto",
+              help="auto: a TensorRT plan where TensorRT and a GPU are present, else ONNX for ONNX Runtime; "
+                   "torch: the checkpoint itself, for the PyTorch backend (FP16 on CUDA).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Frames for the parity gate (default: 8 synthetic frames).")
 @click.option("--parity-frames", type=int, default=8)

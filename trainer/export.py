@@ -25,6 +25,8 @@ def export_onnx(model: InspectionNet, path: str | Path, height: int = 256, width
 
     import onnx
 
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # the exporter reports every pass at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     net = copy.deepcopy(model).cpu().eval()
     if half:
         net = net.half()

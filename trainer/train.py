@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from inspector.model import InspectionNet, ModelSpec, build
-from trainer.data import SteelDataset, load_dataset, stratified_split
+from trainer.data import Sample, SteelDataset, load_dataset, stratified_split
 from trainer.evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TrainConfig:
     workers: int = 0
     dice_weight: float = 1.0
     presence_weight: float = 0.5
+    balance: bool = True  # sample frames by their rarest class, so rare classes are seen as often as common ones
 
     @classmethod
     def from_sources(cls, yaml_path: str | None, **overrides: Any) -> TrainConfig:
@@ -79,11 +81,19 @@ def loss_fn(model: InspectionNet, images: torch.Tensor, masks: torch.Tensor, cfg
     logits, presence = model.logits(model.normalise(images))
     bce = F.binary_cross_entropy_with_logits(logits, masks)
     probs = torch.sigmoid(logits)
-    inter = (probs * masks).sum(dim=(2, 3))
-    dice = 1 - (2 * inter + 1) / (probs.sum(dim=(2, 3)) + masks.sum(dim=(2, 3)) + 1)
+    # Dice per class over the whole batch (as smp's multilabel DiceLoss): per-image Dice on the many empty
+    # (image, class) pairs would only teach rare classes to stay silent.
+    inter = (probs * masks).sum(dim=(0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (probs.sum(dim=(0, 2, 3)) + masks.sum(dim=(0, 2, 3)) + 1)
     present = (masks.amax(dim=(2, 3)) > 0).float()
     cls = F.binary_cross_entropy_with_logits(presence, present)
     return bce + cfg.dice_weight * dice.mean() + cfg.presence_weight * cls
+
+
+def balanced_weights(samples: list[Sample]) -> list[float]:
+    """Weight of a frame = 1 / (frames sharing its rarest class); defect-free frames form one more group."""
+    counts = Counter(c for s in samples for c in (s.classes or (0,)))
+    return [max(1.0 / counts[c] for c in (s.classes or (0,))) for s in samples]
 
 
 def save_checkpoint(path: Path, model: InspectionNet, **extra: Any) -> None:
@@ -108,9 +118,12 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
     train_set, val_set = stratified_split(samples, cfg.val_fraction, cfg.seed)
     (out / "split.json").write_text(json.dumps({"train": [s.image_id for s in train_set],
                                                 "val": [s.image_id for s in val_set]}))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = WeightedRandomSampler(balanced_weights(train_set), len(train_set), generator=generator) \
+        if cfg.balance else None
     loader = DataLoader(SteelDataset(train_set, True, cfg.crop_width, cfg.seed), batch_size=cfg.batch_size,
-                        shuffle=True, num_workers=cfg.workers, drop_last=len(train_set) > cfg.batch_size,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        shuffle=sampler is None, sampler=sampler, num_workers=cfg.workers,
+                        drop_last=len(train_set) > cfg.batch_size, generator=generator)
     model = build(cfg.spec(), cfg.encoder_weights).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.max_steps or cfg.epochs * len(loader)
