@@ -72,3 +72,11 @@ def test_empty() -> None:
 def test_decode_errors_name_the_problem(rle: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         decode(rle)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**15), max_size=50))
+def test_join_ints_is_str_join(values: list[int]) -> None:
+    from inspector.rle import join_ints
+
+    assert join_ints(np.array(values, dtype=np.int64)) == " ".join(map(str, values))

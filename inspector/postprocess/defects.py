@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from inspector.postprocess.components import component_stats_torch, label_torch
-from inspector.postprocess.masks import clean_class
+from inspector.postprocess.masks import clean_class, for_each_map
 from inspector.postprocess.params import PostprocessParams
 from inspector.protocol import Defect
 from inspector.rle import encode, runs_to_string
@@ -24,21 +24,20 @@ def _sorted_components(rows: np.ndarray) -> list[list[int]]:
 def analyse_cpu(probs: np.ndarray, presence: np.ndarray | None, params: PostprocessParams) -> list[list[Defect]]:
     """probs float32 (N, C, H, W), presence (N, C) or None -> defects per frame."""
     probs = np.asarray(probs, dtype=np.float32)
-    frames: list[list[Defect]] = []
-    for i in range(probs.shape[0]):
-        defects = []
-        for k in range(probs.shape[1]):
-            mask, comps = clean_class(probs[i, k], params.thresholds[k], params.min_component_area[k],
-                                      params.min_class_area[k],
-                                      None if presence is None else float(presence[i, k]),
-                                      params.presence_threshold[k])
-            if not comps.size:
-                continue
-            area = int(comps[:, 4].sum())
-            score = float(probs[i, k][mask].sum(dtype=np.float64) / area)
-            defects.append(Defect(k + 1, encode(mask), area, score, _sorted_components(comps)))
-        frames.append(defects)
-    return frames
+    n, c = probs.shape[:2]
+
+    def one(i: int, k: int) -> Defect | None:
+        mask, comps = clean_class(probs[i, k], params.thresholds[k], params.min_component_area[k],
+                                  params.min_class_area[k], None if presence is None else float(presence[i, k]),
+                                  params.presence_threshold[k])
+        if not comps.size:
+            return None
+        area = int(comps[:, 4].sum())
+        score = float(probs[i, k][mask].sum(dtype=np.float64) / area)
+        return Defect(k + 1, encode(mask), area, score, _sorted_components(comps))
+
+    results = for_each_map(one, n, c)
+    return [[d for d in results[i * c:(i + 1) * c] if d is not None] for i in range(n)]
 
 
 def analyse_torch(probs: torch.Tensor, presence: torch.Tensor | None,
