@@ -41,7 +41,8 @@ class Summary:
                 self.last_id = entry_id
                 event = unpack_event(fields[EVENT_FIELD])
                 self.status[event["status"]] += 1
-                self.latencies.append((event["done_ts"] - event["ts"]) * 1000)
+                if event["status"] == "ok" and event["ts"] > 0:  # a rejected frame may have no capture time
+                    self.latencies.append((event["done_ts"] - event["ts"]) * 1000)
                 for defect in event["defects"]:
                     self.classes[defect["class_id"]] += 1
 
@@ -81,11 +82,13 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         kinds = ("truncated", "wrong_size", "unknown_encoding", "not_msgpack")
 
         def add_counted(batch: list[dict[bytes, bytes]]) -> None:
-            if bad_every:
-                batch = [corrupt(kinds[(sent[0] + i) // bad_every % 4]) if (sent[0] + i + 1) % bad_every == 0
-                         else fields for i, fields in enumerate(batch)]
-            add(batch)
-            sent[0] += len(batch)
+            out = []
+            for fields in batch:  # malformed frames come in addition, so the camera's seq stays unbroken
+                out.append(fields)
+                if bad_every and (sent[0] + len(out)) % bad_every == 0:
+                    out.append(corrupt(kinds[(sent[0] + len(out)) // bad_every % 4]))
+            add(out)
+            sent[0] += len(out)
 
         frames = messages(synthetic_payloads(seed, 48, "jpeg"), camera="demo-cam")
         feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps, stop.is_set), daemon=True)
