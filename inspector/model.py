@@ -48,9 +48,11 @@ class InspectionNet(nn.Module):
                              aux_params={"classes": spec.classes, "dropout": 0.1})
         if encoder_weights_path:  # local file only: nothing is downloaded at run time
             state = torch.load(encoder_weights_path, map_location="cpu", weights_only=True)
-            missing, _ = self.unet.encoder.load_state_dict(state, strict=False)
-            if len(missing) == len(list(self.unet.encoder.state_dict())):
-                raise ValueError(f"{encoder_weights_path} holds no weights for encoder {spec.encoder}")
+            own = self.unet.encoder.state_dict()
+            if not any(key in own and own[key].shape == value.shape for key, value in state.items()):
+                raise ValueError(f"{encoder_weights_path} holds no weights for encoder {spec.encoder} "
+                                 f"(expected keys like {next(iter(own))!r})")
+            self.unet.encoder.load_state_dict(state, strict=False)
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N, C, H, W] -> float, standardised (works for float input in 0..255 too)."""

@@ -79,3 +79,21 @@ def test_overlays_written(tmp_path, tiny_checkpoint, sample_dir) -> None:
     evaluate_model(model, load_dataset(sample_dir)[:2], overlays=tmp_path / "ov")
     pngs = sorted((tmp_path / "ov").glob("*.png"))
     assert len(pngs) == 2 and cv2.imread(str(pngs[0])).shape == (256 * 2 + 6, 1600, 3)
+
+
+def test_encoder_weights_from_a_local_file(tmp_path) -> None:
+    from conftest import TINY_SPEC
+
+    from inspector.model import build
+
+    torch.manual_seed(1)
+    source = build(TINY_SPEC)
+    torch.save(source.unet.encoder.state_dict(), tmp_path / "encoder.pth")
+    torch.manual_seed(2)
+    loaded = build(TINY_SPEC, str(tmp_path / "encoder.pth"))
+    for (name, a), b in zip(source.unet.encoder.state_dict().items(), loaded.unet.encoder.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="no weights"):
+        build(TINY_SPEC, str(tmp_path / "wrong.pth"))
