@@ -129,7 +129,6 @@ def score(submission: str, truth: str, images: str | None) -> None:
 @handled
 def tune(checkpoint: str, data: str, split: str, run: str | None) -> None:
     """Choose per-class post-processing on validation frames; stores it in the checkpoint."""
-    import torch
 
     from inspector.model import load_checkpoint
     from trainer.train import save_checkpoint
@@ -141,7 +140,6 @@ def tune(checkpoint: str, data: str, split: str, run: str | None) -> None:
     extra = {k: v for k, v in ckpt.items() if k not in ("spec", "model")}
     save_checkpoint(Path(checkpoint), model, **{**extra, "postprocess": params.as_dict(), "tune": result})
     click.echo(json.dumps({"postprocess": params.as_dict(), **result}))
-    del torch
 
 
 @main.command()
