@@ -103,11 +103,12 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
     staging.mkdir()
     try:
         meta = {"checkpoint_sha256": digest, "encoder": model.spec.encoder}
-        fp32 = Path(onnx_path) if onnx_path else export_onnx(model, staging / "model.onnx", height, width,
-                                                              max_batch, metadata=meta)
-        diff = check_parity(model, fp32, frames[:2])
-        log.info("ONNX export matches PyTorch (max |diff| %.2e)", diff)
         gpu: dict[str, Any] = {}
+        if fmt != "torch":  # a torch engine is the checkpoint itself: no ONNX to export or check
+            fp32 = Path(onnx_path) if onnx_path else export_onnx(model, staging / "model.onnx", height, width,
+                                                                  max_batch, metadata=meta)
+            diff = check_parity(model, fp32, frames[:2])
+            log.info("ONNX export matches PyTorch (max |diff| %.2e)", diff)
         if fmt == "tensorrt":
             fp16 = export_onnx(model, staging / "model.fp16.onnx", height, width, max_batch, half=True, metadata=meta)
             trt_versions = tensorrt_build.build_plan(fp16, staging / "model.plan", INPUT, height, width, max_batch,
@@ -118,9 +119,7 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
             props = torch.cuda.get_device_properties(0)
             gpu = {"name": props.name, "capability": f"{props.major}.{props.minor}"}
             engine_file, precision, backend, device = "model.plan", "fp16", "tensorrt", "cuda"
-        elif fmt == "torch":  # the checkpoint is the engine: PyTorch backend, FP16 on CUDA
-            if fp32.parent == staging:
-                fp32.unlink()
+        elif fmt == "torch":  # PyTorch backend, FP16 on CUDA
             trt_versions = {}
             device = "cuda" if torch.cuda.is_available() else "cpu"
             engine_file, precision, backend = "checkpoint.pt", "fp16" if device == "cuda" else "fp32", "torch"

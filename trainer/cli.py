@@ -129,7 +129,6 @@ def score(submission: str, truth: str, images: str | None) -> None:
 @handled
 def tune(checkpoint: str, data: str, split: str, run: str | None) -> None:
     """Choose per-class post-processing on validation frames; stores it in the checkpoint."""
-
     from inspector.model import load_checkpoint
     from trainer.train import save_checkpoint
     from trainer.tune import tune as run_tune

@@ -64,20 +64,19 @@ def clean(probs: np.ndarray, thresholds: Sequence[float], min_component_areas: S
                                 None if presence is None else float(presence[i, k]),
                                 0.0 if presence_thresholds is None else presence_thresholds[k], boxes=False)[0]
 
-    if threads == 1:
-        for i in range(n):
-            for k in range(c):
-                one(i, k)
-    else:
-        for_each_map(one, n, c)
+    for_each_map(one, n, c, threads)
     return out
 
 
 _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="postprocess")
 
 
-def for_each_map(fn: Callable[[int, int], T], n: int, c: int) -> list[T]:
-    """fn(frame, class) for every map, on a small thread pool (OpenCV and NumPy release the GIL).
+def for_each_map(fn: Callable[[int, int], T], n: int, c: int, threads: int | None = None) -> list[T]:
+    """fn(frame, class) for every map, on a small thread pool (OpenCV and NumPy release the GIL);
+    threads=1: one after the other in this thread.
 
     `fn` must not submit to this pool itself (clean(..., threads=1) inside it): nested waits would deadlock."""
-    return list(_POOL.map(lambda ik: fn(*ik), [(i, k) for i in range(n) for k in range(c)]))
+    maps = [(i, k) for i in range(n) for k in range(c)]
+    if threads == 1:
+        return [fn(i, k) for i, k in maps]
+    return list(_POOL.map(lambda ik: fn(*ik), maps))
