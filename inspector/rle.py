@@ -24,9 +24,11 @@ def encode(mask: np.ndarray) -> str:
 
 def runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-indexed starts and lengths of the runs of non-zero values in a flat 0/1 array."""
-    padded = np.zeros(flat.size + 2, dtype=np.uint8)
-    padded[1:-1] = flat
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # rises and falls alternate
+    if flat.size and flat[0]:
+        edges = np.concatenate([[0], edges])
+    if flat.size and flat[-1]:
+        edges = np.concatenate([edges, [flat.size]])
     starts = edges[::2]
     return starts + 1, edges[1::2] - starts
 

@@ -1,9 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inspector.postprocess import PostprocessParams, analyse_cpu, analyse_torch, clean
 from inspector.postprocess.components import label_cpu, label_torch
+from inspector.postprocess.masks import clean_class
+from inspector.rle import encode
 
 H, W = 64, 96
 
@@ -67,6 +71,38 @@ def test_batched_shape() -> None:
     probs = np.random.default_rng(0).random((3, 4, H, W), dtype=np.float32)
     out = clean(probs, [0.5] * 4, [5] * 4, [0] * 4)
     assert out.shape == probs.shape and out.dtype == bool
+
+
+# --- the run-based reference against the plain per-component rule -------------------------------------------
+
+def per_component(prob: np.ndarray, threshold: float, min_area: int, min_class: int) -> tuple[np.ndarray, list]:
+    """The rule written the slow, obvious way: label the frame, keep each big enough component, then gate."""
+    labels, stats = label_cpu(prob > np.float32(threshold))
+    mask = np.zeros(prob.shape, bool)
+    rows = []
+    for c in range(1, len(stats)):
+        if stats[c, 4] >= min_area:
+            mask |= labels == c
+            rows.append([int(v) for v in stats[c]])
+    if mask.sum() < max(min_class, 1):
+        return np.zeros(prob.shape, bool), []
+    return mask, sorted(rows)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), height=st.integers(1, 40), width=st.integers(1, 40),
+       density=st.floats(0.05, 0.95), min_area=st.integers(0, 12), min_class=st.integers(0, 60))
+def test_clean_class_matches_the_per_component_rule(seed: int, height: int, width: int, density: float,
+                                                    min_area: int, min_class: int) -> None:
+    """Random masks (runs that end on the last row next to runs starting on the first row of the next column,
+    one-pixel frames, full frames): same mask, RLE and boxes as labelling and keeping components one by one."""
+    prob = (np.random.default_rng(seed).random((height, width)) < density).astype(np.float32)
+    kept = clean_class(prob, 0.5, min_area, min_class)
+    mask, rows = per_component(prob, 0.5, min_area, min_class)
+    assert np.array_equal(kept.mask, mask)
+    assert kept.rle() == encode(mask)
+    assert sorted(map(list, kept.components().tolist())) == rows
+    assert kept.area == int(mask.sum())
 
 
 # --- the torch twin against the reference --------------------------------------------------------------------

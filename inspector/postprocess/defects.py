@@ -14,7 +14,7 @@ from inspector.postprocess.components import component_stats_torch, label_torch
 from inspector.postprocess.masks import clean_class, for_each_map
 from inspector.postprocess.params import PostprocessParams
 from inspector.protocol import Defect
-from inspector.rle import encode, runs_to_string
+from inspector.rle import runs_to_string
 
 
 def _sorted_components(rows: np.ndarray) -> list[list[int]]:
@@ -27,14 +27,14 @@ def analyse_cpu(probs: np.ndarray, presence: np.ndarray | None, params: Postproc
     n, c = probs.shape[:2]
 
     def one(i: int, k: int) -> Defect | None:
-        mask, comps = clean_class(probs[i, k], params.thresholds[k], params.min_component_area[k],
-                                  params.min_class_area[k], None if presence is None else float(presence[i, k]),
-                                  params.presence_threshold[k])
-        if not comps.size:
+        kept = clean_class(probs[i, k], params.thresholds[k], params.min_component_area[k],
+                           params.min_class_area[k], None if presence is None else float(presence[i, k]),
+                           params.presence_threshold[k])
+        area = kept.area
+        if not area:
             return None
-        area = int(comps[:, 4].sum())
-        score = float(probs[i, k][mask].sum(dtype=np.float64) / area)
-        return Defect(k + 1, encode(mask), area, score, _sorted_components(comps))
+        score = float(probs[i, k][kept.mask].sum(dtype=np.float64) / area)
+        return Defect(k + 1, kept.rle(), area, score, _sorted_components(kept.components()))
 
     results = for_each_map(one, n, c)
     return [[d for d in results[i * c:(i + 1) * c] if d is not None] for i in range(n)]
