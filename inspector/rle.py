@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from inspector.scratch import scratch
+
 SHAPE = (256, 1600)
 
 
@@ -18,13 +20,17 @@ def encode(mask: np.ndarray) -> str:
     if mask.ndim != 2:
         raise ValueError(f"encode expects a 2-D mask, got shape {mask.shape}")
     binary = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
-    columns = cv2.transpose(np.ascontiguousarray(binary))  # column-major order as one C-contiguous copy
+    if binary.T.flags.c_contiguous:  # stored column-major (clean's masks, decode's): Kaggle's order already
+        return runs_to_string(*runs(binary.T.reshape(-1)))
+    columns = scratch("encode.columns", binary.shape[::-1], np.uint8)
+    cv2.transpose(np.ascontiguousarray(binary), dst=columns)  # column-major order as one C-contiguous copy
     return runs_to_string(*runs(columns.reshape(-1)))
 
 
 def runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-indexed starts and lengths of the runs of non-zero values in a flat 0/1 array."""
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # rises and falls alternate
+    changed = np.not_equal(flat[1:], flat[:-1], out=scratch("runs.changed", (max(flat.size - 1, 0),), np.bool_))
+    edges = np.flatnonzero(changed) + 1  # rises and falls alternate
     if flat.size and flat[0]:
         edges = np.concatenate([[0], edges])
     if flat.size and flat[-1]:

@@ -15,10 +15,14 @@ from inspector.postprocess.masks import clean_class, for_each_map
 from inspector.postprocess.params import PostprocessParams
 from inspector.protocol import Defect
 from inspector.rle import runs_to_string
+from inspector.scratch import scratch
 
 
 def _sorted_components(rows: np.ndarray) -> list[list[int]]:
-    return sorted(([int(v) for v in r] for r in rows), key=lambda r: (r[1], r[0], r[2], r[3], r[4]))
+    """Rows [x, y, w, h, area] as plain lists, sorted by (y, x, w, h, area)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
+    order = np.lexsort((rows[:, 4], rows[:, 3], rows[:, 2], rows[:, 0], rows[:, 1]))  # last key sorts first
+    return rows[order].tolist()
 
 
 def analyse_cpu(probs: np.ndarray, presence: np.ndarray | None, params: PostprocessParams) -> list[list[Defect]]:
@@ -29,11 +33,11 @@ def analyse_cpu(probs: np.ndarray, presence: np.ndarray | None, params: Postproc
     def one(i: int, k: int) -> Defect | None:
         kept = clean_class(probs[i, k], params.thresholds[k], params.min_component_area[k],
                            params.min_class_area[k], None if presence is None else float(presence[i, k]),
-                           params.presence_threshold[k])
+                           params.presence_threshold[k], out=scratch("analyse.mask", probs.shape[:1:-1], np.bool_).T)
         area = kept.area
         if not area:
             return None
-        score = float(probs[i, k][kept.mask].sum(dtype=np.float64) / area)
+        score = float(probs[i, k].T[kept.mask.T].sum(dtype=np.float64) / area)  # the mask is column-major
         return Defect(k + 1, kept.rle(), area, score, _sorted_components(kept.components()))
 
     results = for_each_map(one, n, c)

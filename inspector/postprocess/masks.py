@@ -18,6 +18,7 @@ import numpy as np
 from inspector.postprocess.components import label_type
 from inspector.postprocess.runs import boxes, column_runs, covered, kaggle_runs
 from inspector.rle import runs_to_string
+from inspector.scratch import scratch
 
 T = TypeVar("T")
 
@@ -56,35 +57,45 @@ class CleanMap(NamedTuple):
 def clean_class(prob: np.ndarray, threshold: float, min_component_area: int, min_class_area: int = 0,
                 presence: float | None = None, presence_threshold: float = 0.0,
                 out: np.ndarray | None = None) -> CleanMap:
-    """One (H, W) float32 class map -> its CleanMap; the mask is written into `out` (bool (H, W)) when given."""
+    """One (H, W) float32 class map -> its CleanMap. The mask is written into `out` (bool (H, W)) when given,
+    else into a new column-major array: Kaggle's pixel order, so the RLE needs no transpose."""
     if out is None:
-        out = np.empty(prob.shape, dtype=bool)
+        out = np.empty(prob.shape[::-1], dtype=bool).T
     if presence is not None and np.float32(presence) < np.float32(presence_threshold):
         return CleanMap.empty(out)
-    binary = np.greater(prob, np.float32(threshold), out=out).view(np.uint8)
-    foreground = cv2.countNonZero(binary)
+    binary = np.greater(prob, np.float32(threshold), out=scratch("clean.binary", prob.shape, np.bool_))
+    foreground = cv2.countNonZero(binary.view(np.uint8))
     if foreground < max(min_class_area, 1):  # dropping components only shrinks it
         return CleanMap.empty(out)
-    columns = cv2.transpose(binary)  # row j = column j: flat order is Kaggle's
-    starts, ends = column_runs(columns)
-    _, labels = cv2.connectedComponents(columns, connectivity=8, ltype=label_type(foreground))
+    height, width = prob.shape
+    in_place = out.T.flags.c_contiguous  # a column-major `out` is the transposed mask itself
+    columns = out.T if in_place else scratch("clean.columns", (width, height), np.bool_)
+    cv2.transpose(binary.view(np.uint8), dst=columns.view(np.uint8))  # row j = column j
+    starts, ends = column_runs(columns.view(np.uint8))
+    ltype = label_type(foreground)
+    labels = scratch("clean.labels", (width, height), np.uint16 if ltype == cv2.CV_16U else np.int32)
+    cv2.connectedComponents(columns.view(np.uint8), labels=labels, connectivity=8, ltype=ltype)
     run_labels = labels.reshape(-1)[starts]  # a run lies in one component: its first pixel names it
     label_areas = np.bincount(run_labels, weights=ends - starts).astype(np.int64)
     keep = label_areas >= min_component_area  # label 0 (background) has no runs: area 0, never counted
     if int(label_areas[keep].sum()) < max(min_class_area, 1):
         return CleanMap.empty(out)
     kept = keep[run_labels]
-    if kept.all():
-        return CleanMap(out, starts, ends, run_labels, label_areas)
-    columns.reshape(-1)[covered(starts[~kept], ends[~kept])] = 0  # clear only the dropped pixels
-    cv2.transpose(columns, dst=binary)
-    return CleanMap(out, starts[kept], ends[kept], run_labels[kept], label_areas)
+    if not kept.all():
+        columns.reshape(-1)[covered(starts[~kept], ends[~kept])] = False  # clear only the dropped pixels
+        starts, ends, run_labels = starts[kept], ends[kept], run_labels[kept]
+    if not in_place:
+        out[...] = columns.T
+    return CleanMap(out, starts, ends, run_labels, label_areas)
 
 
 def clean(probs: np.ndarray, thresholds: Sequence[float], min_component_areas: Sequence[int],
           min_class_areas: Sequence[int] | None = None, *, presence: np.ndarray | None = None,
           presence_thresholds: Sequence[float] | None = None, threads: int | None = None) -> np.ndarray:
     """Bool masks of the same shape as `probs` ((C, H, W) or (N, C, H, W) float32), per-class rules.
+
+    Each (H, W) mask is stored column-major, Kaggle's pixel order: `encode` reads it without a transpose.
+    `np.ascontiguousarray` gives row-major masks where a library needs them.
 
     Maps are cleaned on the post-processing pool; `threads=1` does them one after the other in this thread."""
     probs = np.asarray(probs, dtype=np.float32)
@@ -96,7 +107,7 @@ def clean(probs: np.ndarray, thresholds: Sequence[float], min_component_areas: S
         raise ValueError(f"clean expects (C, H, W) or (N, C, H, W) probabilities, got shape {probs.shape}")
     n, c = probs.shape[:2]
     class_areas = min_class_areas if min_class_areas is not None else [0] * c
-    out = np.empty(probs.shape, dtype=bool)
+    out = np.empty((n, c, *probs.shape[:1:-1]), dtype=bool).transpose(0, 1, 3, 2)  # column-major maps
 
     def one(i: int, k: int) -> None:
         clean_class(probs[i, k], thresholds[k], min_component_areas[k], class_areas[k],

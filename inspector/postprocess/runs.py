@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from inspector.scratch import scratch
+
 
 def column_runs(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[start, end) of every run of non-zero values in each row of `columns` ((W, H) uint8 0/1, a transposed
     mask), in order. Rows are padded with a zero at both ends, so no run crosses from one column to the next."""
     width, height = columns.shape
-    padded = np.zeros((width, height + 2), dtype=np.uint8)
+    padded = scratch("column_runs.padded", (width, height + 2), np.uint8)
+    padded[:, 0] = 0
+    padded[:, -1] = 0
     padded[:, 1:-1] = columns
     flat = padded.reshape(-1)
-    edges = np.flatnonzero(flat[1:] != flat[:-1])  # rises and falls alternate within each padded row
+    changed = np.not_equal(flat[1:], flat[:-1], out=scratch("column_runs.changed", (flat.size - 1,), np.bool_))
+    edges = np.flatnonzero(changed)  # rises and falls alternate within each padded row
     column, row = np.divmod(edges, height + 2)
     position = column * height + row
     return position[0::2], position[1::2]
