@@ -105,6 +105,18 @@ def test_clean_class_matches_the_per_component_rule(seed: int, height: int, widt
     assert kept.area == int(mask.sum())
 
 
+def test_results_do_not_share_the_per_thread_scratch() -> None:
+    """clean_class reuses per-thread buffers: an earlier result must survive a later call."""
+    rng = np.random.default_rng(5)
+    a, b = (rng.random((2, 48, 80)) < 0.4).astype(np.float32)
+    first = clean_class(a, 0.5, 3)
+    expected = per_component(a, 0.5, 3, 0)[0]
+    clean_class(b, 0.5, 3)
+    assert np.array_equal(first.mask, expected) and first.rle() == encode(expected)
+    both = clean(np.stack([a, b]), [0.5, 0.5], [3, 3])
+    assert np.array_equal(both[0], expected) and np.array_equal(both[1], per_component(b, 0.5, 3, 0)[0])
+
+
 # --- the torch twin against the reference --------------------------------------------------------------------
 
 def spiral(h: int, w: int) -> np.ndarray:
