@@ -50,29 +50,48 @@ def runs_to_string(starts: np.ndarray, lengths: np.ndarray) -> str:
 
 
 _POWERS = 10 ** np.arange(1, 19, dtype=np.int64)
+TABLE_LIMIT = 1 << 19  # above every pixel number and run length of a 256 x 1600 frame (409,600)
+_table: np.ndarray | None = None
 
 
 def join_ints(values: np.ndarray) -> str:
     """Non-negative integers as decimal text separated by spaces, formatted in bulk with NumPy.
 
-    Equal to " ".join(map(str, values)) and about 5x faster: a frame with thousands of runs per class would
-    otherwise spend most of its post-processing time converting integers one by one. Digits are written
-    column by column (one contiguous row of `cells` per digit position), leading zeros masked out.
+    Equal to " ".join(map(str, values)), about 8x faster: a frame with thousands of runs per class would
+    otherwise spend most of its post-processing time converting integers one by one. Each value becomes a
+    fixed-width cell (NUL padding, digits, space); values below TABLE_LIMIT are looked up in a table of all
+    such cells (3.7 MB, built on first use in 30 ms), larger ones are computed digit by digit. Dropping the
+    NULs leaves the text.
     """
     if len(values) == 0:
         return ""
     values = np.asarray(values, dtype=np.int64)
+    if values.min() < 0:
+        raise ValueError(f"join_ints formats non-negative integers, got {int(values.min())}")
+    cells = np.take(_digit_table(), values, axis=0) if values.max() < TABLE_LIMIT else _cells(values)
+    return cells[cells != 0].tobytes()[:-1].decode("ascii")
+
+
+def _digit_table() -> np.ndarray:
+    global _table
+    if _table is None:  # two threads may both build it: same result, either one is kept
+        _table = _cells(np.arange(TABLE_LIMIT, dtype=np.int64))
+    return _table
+
+
+def _cells(values: np.ndarray) -> np.ndarray:
+    """(n, width + 1) uint8: NUL padding, the decimal digits, a space; width fits the largest value."""
     digits = 1 + np.searchsorted(_POWERS, values, side="right")  # decimal digits of each value
     width = int(digits.max())
-    cells = np.empty((width + 1, len(values)), dtype=np.uint8)
+    cells = np.empty((width + 1, len(values)), dtype=np.uint8)  # digit position major: contiguous rows
     rest = values.astype(np.int32) if width < 10 else values
     for col in range(width - 1, -1, -1):
         quotient = rest // 10
         np.add(rest - quotient * 10, 48, out=cells[col], casting="unsafe")  # ASCII digit
         rest = quotient
     cells[width] = 32  # the separator
-    keep = np.arange(width + 1)[:, None] >= (width - digits)[None, :]
-    return cells.T[keep.T].tobytes()[:-1].decode("ascii")
+    cells[:width][np.arange(width)[:, None] < (width - digits)[None, :]] = 0  # leading zeros -> padding
+    return np.ascontiguousarray(cells.T)
 
 
 def decode(rle: str | float | None, shape: tuple[int, int] = SHAPE) -> np.ndarray:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from inspector.rle import decode, encode
+from inspector.rle import TABLE_LIMIT, decode, encode, join_ints
 
 
 @settings(max_examples=200, deadline=None)
@@ -85,8 +85,12 @@ def test_decode_errors_name_the_problem(rle: str, message: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 10**15), max_size=50))
+@given(st.lists(st.integers(0, 10**15), max_size=50) | st.lists(st.integers(0, TABLE_LIMIT - 1), max_size=50))
 def test_join_ints_is_str_join(values: list[int]) -> None:
-    from inspector.rle import join_ints
-
+    """Both paths: the lookup table (every value below TABLE_LIMIT) and digit by digit (any larger one)."""
     assert join_ints(np.array(values, dtype=np.int64)) == " ".join(map(str, values))
+
+
+def test_join_ints_refuses_negative_values() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        join_ints(np.array([3, -1]))
