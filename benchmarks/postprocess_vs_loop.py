@@ -1,6 +1,7 @@
 """`clean` + `encode` vs the per-component loop of the public Kaggle starter kernels, on 4 x 256 x 1600 maps
 with hundreds of components per class. Same masks and same RLE strings are checked, then timed: the public
-functions (on the post-processing pool, and in one thread), and the worker's own path (RLE from the runs).
+functions (as documented; each map as one pool task; on one core), and the worker's own path (RLE straight
+from the runs).
 
     python benchmarks/postprocess_vs_loop.py [--blobs 300 500 1000] [--repeat 20]
 
@@ -92,15 +93,21 @@ def measure(blobs: int, thr: float, min_size: int, repeat: int) -> dict[str, obj
         """The same two functions, clean + encode of each class map as one task on the pool."""
         return for_each_map(lambda _, k: encode(clean(probs[k:k + 1], *rule, threads=1)[0]), 1, 4)
 
-    def api_single_thread() -> list[str]:
-        return [encode(m) for m in clean(probs, rule[0] * 4, rule[1] * 4, threads=1)]
+    def api_one_core() -> list[str]:
+        """Everything on one core: our pool off and OpenCV held to one thread."""
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return [encode(m) for m in clean(probs, rule[0] * 4, rule[1] * 4, threads=1)]
+        finally:
+            cv2.setNumThreads(before)
 
     def worker() -> list[str]:
         """What the worker runs: the RLE straight from the cleaned runs, no second pass over the mask."""
         return for_each_map(lambda _, k: clean_class(probs[k], thr, min_size + 1).rle(), 1, 4)
 
     variants = {"clean_encode": api, "clean_encode_per_map_tasks": api_per_map_tasks,
-                "clean_encode_single_thread": api_single_thread, "worker_path": worker}
+                "clean_encode_one_core": api_one_core, "worker_path": worker}
     reference = loop()
     identical = all(fn() == reference for fn in variants.values())
     counts = [cv2.connectedComponents((probs[k] > thr).astype(np.uint8))[0] - 1 for k in range(4)]
