@@ -23,7 +23,7 @@ def label_cpu(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def label_type(foreground: int) -> int:
     """16-bit labels when fewer than 65,535 pixels are foreground: there cannot be more components than that.
-    OpenCV's stats pass runs about 1.5x faster on them than on 32-bit ones."""
+    Half the memory to write and read back; OpenCV's stats pass also runs about 1.5x faster on them."""
     return cv2.CV_16U if foreground < 65535 else cv2.CV_32S
 
 

@@ -58,10 +58,14 @@ class CleanMap(NamedTuple):
 def clean_class(prob: np.ndarray, threshold: float, min_component_area: int, min_class_area: int = 0,
                 presence: float | None = None, presence_threshold: float = 0.0,
                 out: np.ndarray | None = None) -> CleanMap:
-    """One (H, W) float32 class map -> its CleanMap. The mask is written into `out` (bool (H, W)) when given,
-    else into a new column-major array: Kaggle's pixel order, so the RLE needs no transpose."""
+    """One (H, W) float32 class map -> its CleanMap. The mask is stored column-major (Kaggle's pixel order, so
+    the RLE needs no transpose): in `out` when given (bool (H, W), e.g. `np.empty((W, H), bool).T`), else in a
+    new array. Column-major storage lets the mask itself be the transposed image the runs are read from."""
     if out is None:
         out = np.empty(prob.shape[::-1], dtype=bool).T
+    elif out.shape != prob.shape or out.dtype != np.bool_ or not out.T.flags.c_contiguous:
+        raise ValueError(f"clean_class writes into a column-major bool array of shape {prob.shape} "
+                         f"(np.empty({prob.shape[::-1]}, bool).T), got {out.dtype} {out.shape}")
     if presence is not None and np.float32(presence) < np.float32(presence_threshold):
         return CleanMap.empty(out)
     binary = np.greater(prob, np.float32(threshold), out=scratch("clean.binary", prob.shape, np.bool_))
@@ -69,9 +73,8 @@ def clean_class(prob: np.ndarray, threshold: float, min_component_area: int, min
     if foreground < max(min_class_area, 1):  # dropping components only shrinks it
         return CleanMap.empty(out)
     height, width = prob.shape
-    in_place = out.T.flags.c_contiguous  # a column-major `out` is the transposed mask itself
-    columns = out.T if in_place else scratch("clean.columns", (width, height), np.bool_)
-    cv2.transpose(binary.view(np.uint8), dst=columns.view(np.uint8))  # row j = column j
+    columns = out.T  # row j = column j of the frame
+    cv2.transpose(binary.view(np.uint8), dst=columns.view(np.uint8))
     starts, ends = column_runs(columns.view(np.uint8))
     ltype = label_type(foreground)
     labels = scratch("clean.labels", (width, height), np.uint16 if ltype == cv2.CV_16U else np.int32)
@@ -85,8 +88,6 @@ def clean_class(prob: np.ndarray, threshold: float, min_component_area: int, min
     if not kept.all():
         columns.reshape(-1)[covered(starts[~kept], ends[~kept])] = False  # clear only the dropped pixels
         starts, ends, run_labels = starts[kept], ends[kept], run_labels[kept]
-    if not in_place:
-        out[...] = columns.T
     return CleanMap(out, starts, ends, run_labels, label_areas)
 
 
