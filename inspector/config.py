@@ -14,13 +14,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from inspector.errors import ConfigError
 
 REDIS_URL_ENV = "INSPECTOR_REDIS_URL"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -145,18 +146,23 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} for {key}")
 
 
-def _section(cls: type, data: Any, prefix: str) -> Any:
+def section(cls: type[T], data: Any, prefix: str = "") -> T:
+    """A dataclass `cls` from a mapping, every value checked against its field's type; ConfigError names the
+    first unknown or mistyped key (as `prefix.key`) and what it should be."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix}' must be a mapping, got {data!r}")
+        where = f"'{prefix}'" if prefix else "the file"
+        raise ConfigError(f"config {where} must be a mapping of keys, got {type(data).__name__} {data!r:.60}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    dotted = (lambda k: f"{prefix}.{k}") if prefix else str
+    unknown = sorted(set(map(str, data)) - names)
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}.{unknown[0]}': valid keys in '{prefix}' are "
+        where = f" in '{prefix}'" if prefix else ""
+        raise ConfigError(f"unknown config key '{dotted(unknown[0])}': valid keys{where} are "
                           f"{', '.join(sorted(names))}")
-    return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in data.items()})
+    return cls(**{k: _coerce(v, hints[k], dotted(k)) for k, v in data.items()})
 
 
 def from_dict(data: dict[str, Any] | None) -> Config:
@@ -168,7 +174,7 @@ def from_dict(data: dict[str, Any] | None) -> Config:
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"unknown config section '{unknown[0]}': valid sections are {', '.join(sections)}")
-    return Config(**{name: _section(factory, data.get(name), name)  # type: ignore[arg-type]
+    return Config(**{name: section(factory, data.get(name), name)  # type: ignore[arg-type]
                      for name, factory in sections.items()}).validate()
 
 
@@ -177,28 +183,42 @@ def load(path: str | Path | None = None, redis_url: str | None = None, **overrid
 
     `overrides` use section__key names, e.g. `batching__batch_size=4`; None values are ignored.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist: pass --config with an existing file "
-                              "(see config/inspector.yaml)") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    data = read_yaml(path, "config/inspector.yaml") if path is not None else {}
     url = redis_url or os.environ.get(REDIS_URL_ENV)
     if url:
-        data.setdefault("redis", {})
-        data["redis"] = {**(data["redis"] or {}), "url": url}
+        overrides["redis__url"] = url
     for dotted, value in overrides.items():
         if value is None:
             continue
-        section, key = dotted.split("__", 1)
-        data.setdefault(section, {})
-        data[section] = {**(data[section] or {}), key: value}
+        name, key = dotted.split("__", 1)
+        part = data.get(name)
+        if part is not None and not isinstance(part, dict):
+            raise ConfigError(f"config '{name}' must be a mapping of keys, got {type(part).__name__} {part!r:.60}")
+        data[name] = {**(part or {}), key: value}
     return from_dict(data)
+
+
+def read_yaml(path: str | Path, example: str) -> dict[str, Any]:
+    """A YAML file holding a mapping, or ConfigError in one line naming the file, the place and the fix."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: pass an existing file (see {example})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder: pass a YAML file (see {example})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text: pass a YAML file (see {example})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got a {type(data).__name__} "
+                          f"(see {example})")
+    return data
 
 
 def replace(config: Config, **sections: dict[str, Any]) -> Config:

@@ -7,12 +7,16 @@ uint8 [N, 1, H, W] and the worker never normalises. The trainer trains `logits()
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from inspector.errors import EngineError
 
 CLASS_NAMES = ("pits", "vertical marks", "scratches", "dark patches")  # Severstal classes 1..4, as seen
 
@@ -38,21 +42,17 @@ class ModelSpec:
 
 
 class InspectionNet(nn.Module):
-    def __init__(self, spec: ModelSpec, encoder_weights_path: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
 
+        if spec.in_channels != 1:
+            raise ValueError(f"in_channels {spec.in_channels}: frames are grayscale, the model takes 1 channel "
+                             "(pretrained RGB filters are summed into it)")
         self.spec = spec
         self.unet = smp.Unet(spec.encoder, encoder_weights=None, in_channels=spec.in_channels,
                              classes=spec.classes, decoder_channels=spec.decoder_channels,
                              aux_params={"classes": spec.classes, "dropout": 0.1})
-        if encoder_weights_path:  # local file only: nothing is downloaded at run time
-            state = torch.load(encoder_weights_path, map_location="cpu", weights_only=True)
-            own = self.unet.encoder.state_dict()
-            if not any(key in own and own[key].shape == value.shape for key, value in state.items()):
-                raise ValueError(f"{encoder_weights_path} holds no weights for encoder {spec.encoder} "
-                                 f"(expected keys like {next(iter(own))!r})")
-            self.unet.encoder.load_state_dict(state, strict=False)
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N, C, H, W] -> float, standardised (works for float input in 0..255 too)."""
@@ -77,21 +77,32 @@ class InspectionNet(nn.Module):
         return next(self.parameters()).dtype
 
 
-def build(spec: ModelSpec | dict[str, Any], encoder_weights_path: str | None = None) -> InspectionNet:
-    return InspectionNet(spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec), encoder_weights_path)
+def build(spec: ModelSpec | dict[str, Any]) -> InspectionNet:
+    return InspectionNet(spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec))
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[InspectionNet, dict[str, Any]]:
-    """A trainer checkpoint ({"spec", "model", ...}) -> eval-mode model and the checkpoint's metadata."""
-    from inspector.errors import EngineError
+    """A trainer checkpoint ({"spec", "model", ...}) -> eval-mode model and the checkpoint's metadata.
 
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises pickle, zip and OS errors alike
-        raise EngineError(f"{path} cannot be read as a trainer checkpoint: {exc}") from None
+    Loaded with `weights_only=True`: a checkpoint holds tensors and plain values only, so one that carries a
+    pickled Python object (which could run code on load) is refused."""
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "spec" not in ckpt or "model" not in ckpt:
         raise EngineError(f"{path} is not a trainer checkpoint (expected keys 'spec' and 'model'); "
                           "`trainer train` writes best.pt")
     model = build(ckpt["spec"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True, every failure as one EngineError naming the file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EngineError(f"{path} was refused: it holds pickled Python objects, not only tensors and plain "
+                          f"values ({first}); re-save it with `trainer train`") from None
+    except Exception as exc:  # torch.load raises zip and OS errors alike
+        raise EngineError(f"{path} cannot be read as a trainer checkpoint: {exc}") from None
+    return ckpt

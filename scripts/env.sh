@@ -21,7 +21,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   rm -rf "$VENV.partial"
   "$PYTHON" -m venv "$VENV.partial"
   "$VENV.partial/bin/python" -m pip install -q --upgrade pip
-  "$VENV.partial/bin/python" -m pip install -q -e ".[test]"
+  "$VENV.partial/bin/python" -m pip install -q -e ".[test,bench]"
   mv "$VENV.partial" "$VENV"  # only a complete environment gets the real name
 fi
 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null

@@ -84,16 +84,19 @@ def test_overlays_written(tmp_path, tiny_checkpoint, sample_dir) -> None:
 def test_encoder_weights_from_a_local_file(tmp_path) -> None:
     from conftest import TINY_SPEC
 
+    from inspector.errors import ConfigError
     from inspector.model import build
+    from trainer.pretrained import load_encoder_weights
 
     torch.manual_seed(1)
     source = build(TINY_SPEC)
     torch.save(source.unet.encoder.state_dict(), tmp_path / "encoder.pth")
     torch.manual_seed(2)
-    loaded = build(TINY_SPEC, str(tmp_path / "encoder.pth"))
+    loaded = build(TINY_SPEC)
+    assert load_encoder_weights(loaded.unet, TINY_SPEC["encoder"], str(tmp_path / "encoder.pth")) == []
     for (name, a), b in zip(source.unet.encoder.state_dict().items(), loaded.unet.encoder.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
     torch.save({"unrelated": torch.zeros(1)}, tmp_path / "wrong.pth")
-    with pytest.raises(ValueError, match="no weights"):
-        build(TINY_SPEC, str(tmp_path / "wrong.pth"))
+    with pytest.raises(ConfigError, match="no weights"):
+        load_encoder_weights(loaded.unet, TINY_SPEC["encoder"], str(tmp_path / "wrong.pth"))

@@ -29,17 +29,27 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _samples(data: str, split: str, run: str | None) -> list[Any]:
-    """The frames of `data`; with split val/train and a run folder, that run's split."""
-    from trainer.data import load_dataset
+def _samples(data: tuple[str, ...], split: str, run: str | None) -> list[Any]:
+    """The frames of the `data` folders; with split val/train and a run folder, that run's split."""
+    from trainer.data import load_datasets
 
-    samples = load_dataset(data)
+    samples = load_datasets(data)
     if split == "all":
         return samples
     if run is None:
         raise click.UsageError("--split train/val needs --run (the run folder holding split.json)")
     ids = set(json.loads((Path(run) / "split.json").read_text())[split])
     return [s for s in samples if s.image_id in ids]
+
+
+def _val_weights(run: str, split: str) -> dict[str, float] | None:
+    """The run's per-frame validation weights (each data folder counts the same), when scoring its val split."""
+    path = Path(run) / "val_weights.json"
+    return json.loads(path.read_text()) if split == "val" and path.exists() else None
+
+
+_DATA = click.option("--data", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+                     help="Kaggle-layout folder (images/ + train.csv); repeat to mix several.")
 
 
 @click.group()
@@ -61,7 +71,10 @@ def synth(out: str, images: int, seed: int, start: int) -> None:
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@_DATA
+@click.option("--shares", type=float, multiple=True, help="Share of each batch per --data folder (repeat).")
+@click.option("--holdout", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File of image ids (one per line) that training and validation never see.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML with TrainConfig keys (see config/trainer.yaml).")
@@ -72,28 +85,31 @@ def synth(out: str, images: int, seed: int, start: int) -> None:
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None)
-@click.option("--encoder-weights", default=None, help="Local file with encoder weights (nothing is downloaded).")
+@click.option("--encoder-weights", default=None,
+              help="'imagenet' (weights shipped in an installed package) or a local file; nothing is downloaded.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None, help="A last.pt to resume.")
 @handled
-def train(data: str, out: str, config_path: str | None, resume: str | None, **overrides: Any) -> None:
+def train(data: tuple[str, ...], shares: tuple[float, ...], out: str, config_path: str | None, resume: str | None,
+          **overrides: Any) -> None:
     """Train the Unet; writes best.pt, last.pt, config.yaml and split.json into the run folder."""
     from trainer.train import TrainConfig
     from trainer.train import train as run_train
 
-    cfg = TrainConfig.from_sources(config_path, data=data, out=out, **overrides)
+    cfg = TrainConfig.from_sources(config_path, data=list(data), shares=list(shares) or None, out=out, **overrides)
     state = run_train(cfg, resume)
     click.echo(f"best validation mean Dice {state['best']:.4f}; checkpoint {Path(out) / 'best.pt'}")
 
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@_DATA
 @click.option("--split", type=click.Choice(["all", "val", "train"]), default="all")
 @click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--overlays", type=click.Path(file_okay=False), default=None, help="Write PNG overlays here.")
 @click.option("--json", "as_json", is_flag=True)
 @handled
-def evaluate(checkpoint: str, data: str, split: str, run: str | None, overlays: str | None, as_json: bool) -> None:
+def evaluate(checkpoint: str, data: tuple[str, ...], split: str, run: str | None, overlays: str | None,
+             as_json: bool) -> None:
     """Competition metric (mean Dice over image-class pairs) with the checkpoint's tuned post-processing."""
     from inspector.model import load_checkpoint
     from inspector.postprocess import PostprocessParams
@@ -102,7 +118,8 @@ def evaluate(checkpoint: str, data: str, split: str, run: str | None, overlays: 
 
     model, ckpt = load_checkpoint(checkpoint)
     params = PostprocessParams.resolve(None, ckpt.get("postprocess")) if ckpt.get("postprocess") else None
-    summary = evaluate_model(model, _samples(data, split, run), params, overlays=Path(overlays) if overlays else None)
+    summary = evaluate_model(model, _samples(data, split, run), params, overlays=Path(overlays) if overlays else None,
+                             weights=_val_weights(run, split) if run else None)
     click.echo(json.dumps(summary) if as_json else table(summary))
 
 
@@ -123,11 +140,11 @@ def score(submission: str, truth: str, images: str | None) -> None:
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@_DATA
 @click.option("--split", type=click.Choice(["all", "val"]), default="val")
 @click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
 @handled
-def tune(checkpoint: str, data: str, split: str, run: str | None) -> None:
+def tune(checkpoint: str, data: tuple[str, ...], split: str, run: str | None) -> None:
     """Choose per-class post-processing on validation frames; stores it in the checkpoint."""
     from inspector.model import load_checkpoint
     from trainer.train import save_checkpoint
@@ -135,7 +152,7 @@ def tune(checkpoint: str, data: str, split: str, run: str | None) -> None:
 
     model, ckpt = load_checkpoint(checkpoint)
     run = run or str(Path(checkpoint).parent)
-    params, result = run_tune(model, _samples(data, split, run))
+    params, result = run_tune(model, _samples(data, split, run), weights=_val_weights(run, split))
     extra = {k: v for k, v in ckpt.items() if k not in ("spec", "model")}
     save_checkpoint(Path(checkpoint), model, **{**extra, "postprocess": params.as_dict(), "tune": result})
     click.echo(json.dumps({"postprocess": params.as_dict(), **result}))

@@ -31,6 +31,7 @@ class Sample:
     image_id: str
     path: Path
     rles: dict[int, str]  # class id (1..4) -> RLE, only classes with a defect
+    domain: int = 0  # which dataset folder it came from (synthetic, real, ...), for mixing and weighting
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -83,6 +84,32 @@ def load_dataset(folder: str | Path, csv_name: str = "train.csv", images: str = 
     return [Sample(name, path, labels.get(name, {})) for name, path in sorted(files.items())]
 
 
+def load_datasets(folders: str | Path | list[str] | tuple[str, ...]) -> list[Sample]:
+    """The frames of several Kaggle-layout folders, each tagged with its folder's index as its domain.
+    Image names must be unique across folders (they key splits, hold-out lists and weights)."""
+    folders = [folders] if isinstance(folders, str | Path) else list(folders)
+    samples: list[Sample] = []
+    seen: dict[str, str] = {}
+    for domain, folder in enumerate(folders):
+        for s in load_dataset(folder):
+            if s.image_id in seen:
+                raise DataError(f"image {s.image_id} is in both {seen[s.image_id]} and {folder}: rename one, "
+                                "image names key the splits")
+            seen[s.image_id] = str(folder)
+            s.domain = domain
+            samples.append(s)
+    return samples
+
+
+def read_holdout(path: str | Path) -> set[str]:
+    """Image ids, one per line (blank lines and # comments ignored)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"hold-out list {path} cannot be read: {exc.strerror}") from None
+    return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+
+
 def read_image(path: Path, shape: tuple[int, int] = (256, 1600)) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
@@ -120,10 +147,18 @@ def combination_counts(samples: list[Sample]) -> Counter[tuple[int, ...]]:
 
 
 class SteelDataset(Dataset):
-    """(uint8 image [1, H, W], float masks [4, H, W]) pairs; flips and random crops when training."""
+    """(uint8 image [1, H, W], float masks [4, H, W]) pairs; random crops, and augmentation when training.
 
-    def __init__(self, samples: list[Sample], train: bool, crop_width: int | None = None, seed: int = 0) -> None:
-        self.samples, self.train, self.crop_width = samples, train, crop_width
+    Augmentation that keeps what a defect looks like on a strip: left-right and top-bottom flips (a vertical mark
+    stays vertical under both; a 90-degree turn or a transpose would make it horizontal, which no class is),
+    brightness and contrast (lighting and strip temper vary along a mill), and shifts of a few rows (the strip
+    wanders under the camera). No scaling or rotation: the camera's pixel size and the rolling direction are
+    fixed, and class 2's thin vertical marks would change class if tilted.
+    """
+
+    def __init__(self, samples: list[Sample], train: bool, crop_width: int | None = None, seed: int = 0,
+                 augment: bool = True) -> None:
+        self.samples, self.train, self.crop_width, self.augment = samples, train, crop_width, augment
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -134,15 +169,32 @@ class SteelDataset(Dataset):
         image = read_image(sample.path)
         masks = masks_of(sample)
         if self.train:
-            if self.rng.random() < 0.5:
-                image, masks = image[:, ::-1], masks[:, :, ::-1]
-            if self.rng.random() < 0.5:
-                image, masks = image[::-1], masks[:, ::-1]
+            if self.augment:
+                image, masks = self._augment(image, masks)
             if self.crop_width and self.crop_width < image.shape[1]:
                 x = self._crop_x(masks)
                 image, masks = image[:, x:x + self.crop_width], masks[:, :, x:x + self.crop_width]
         return (torch.from_numpy(np.ascontiguousarray(image))[None],
                 torch.from_numpy(np.ascontiguousarray(masks)).float())
+
+    def _augment(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        if rng.random() < 0.5:
+            image, masks = image[:, ::-1], masks[:, :, ::-1]
+        if rng.random() < 0.5:
+            image, masks = image[::-1], masks[:, ::-1]
+        if rng.random() < 0.5:
+            gain, offset = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+            image = np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+        if rng.random() < 0.3:
+            dy = int(rng.integers(-16, 17))
+            if dy:
+                image = np.roll(image, dy, axis=0)
+                masks = np.roll(masks, dy, axis=1)
+                rows = slice(0, dy) if dy > 0 else slice(dy, None)  # rows wrapped round: mirror, no defect there
+                image[rows] = image[rows][::-1]
+                masks[:, rows] = 0
+        return image, masks
 
     def _crop_x(self, masks: np.ndarray) -> int:
         """Random crop, centred on a defect pixel two times in three when there is one."""

@@ -34,7 +34,10 @@ def predict(model: InspectionNet, samples: list[Sample], device: torch.device | 
 
 
 def evaluate_model(model: InspectionNet, samples: list[Sample], params: PostprocessParams | None = None,
-                   device: torch.device | str = "cpu", overlays: Path | None = None) -> dict[str, Any]:
+                   device: torch.device | str = "cpu", overlays: Path | None = None,
+                   weights: dict[str, float] | None = None) -> dict[str, Any]:
+    """The competition metric of `model` on `samples` after post-processing with `params` (untuned defaults
+    without), beside the all-empty baseline on the same frames; `weights` (image id -> weight) weigh the means."""
     params = params or PostprocessParams(thresholds=(0.5,) * 4, min_component_area=(0,) * 4,
                                          min_class_area=(0,) * 4, presence_threshold=(0.5,) * 4)
     board, empty = Scoreboard(), Scoreboard()
@@ -42,8 +45,9 @@ def evaluate_model(model: InspectionNet, samples: list[Sample], params: Postproc
         truth = masks_of(sample)
         pred = clean(probs.astype(np.float32), params.thresholds, params.min_component_area, params.min_class_area,
                      presence=presence, presence_thresholds=params.presence_threshold)
-        board.add(pred, truth)
-        empty.add(np.zeros_like(truth), truth)
+        weight = 1.0 if weights is None else weights[sample.image_id]
+        board.add(pred, truth, weight)
+        empty.add(np.zeros_like(truth), truth, weight)
         if overlays is not None:
             write_overlay(overlays / f"{Path(sample.image_id).stem}.png", read_image(sample.path), truth, pred)
     summary = board.summary()

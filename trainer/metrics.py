@@ -20,12 +20,14 @@ class Scoreboard:
 
     classes: int = 4
     dices: list[list[float]] = field(default_factory=lambda: [[] for _ in range(4)])
+    weights: list[float] = field(default_factory=list)  # one per image: its say in the means
     tp: np.ndarray = field(default_factory=lambda: np.zeros(4, int))
     fp: np.ndarray = field(default_factory=lambda: np.zeros(4, int))
     fn: np.ndarray = field(default_factory=lambda: np.zeros(4, int))
 
-    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
+    def add(self, pred: np.ndarray, truth: np.ndarray, weight: float = 1.0) -> None:
         """pred, truth: (4, H, W) masks of one image."""
+        self.weights.append(weight)
         for k in range(self.classes):
             self.dices[k].append(dice(pred[k], truth[k]))
             has_p, has_t = bool(pred[k].any()), bool(truth[k].any())
@@ -34,13 +36,13 @@ class Scoreboard:
             self.fn[k] += has_t and not has_p
 
     def summary(self) -> dict[str, object]:
-        per_class = [float(np.mean(d)) if d else 1.0 for d in self.dices]
-        pairs = [x for d in self.dices for x in d]
+        w = np.asarray(self.weights, dtype=np.float64)
+        per_class = [float(np.average(d, weights=w)) if d else 1.0 for d in self.dices]
         precision = [float(self.tp[k] / (self.tp[k] + self.fp[k])) if self.tp[k] + self.fp[k] else None
                      for k in range(self.classes)]
         recall = [float(self.tp[k] / (self.tp[k] + self.fn[k])) if self.tp[k] + self.fn[k] else None
                   for k in range(self.classes)]
-        return {"mean_dice": float(np.mean(pairs)) if pairs else 1.0, "dice_per_class": per_class,
+        return {"mean_dice": float(np.mean(per_class)) if self.weights else 1.0, "dice_per_class": per_class,
                 "presence_precision": precision, "presence_recall": recall, "images": len(self.dices[0])}
 
 

@@ -20,29 +20,34 @@ import yaml
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
-from inspector.model import InspectionNet, ModelSpec, build
-from trainer.data import Sample, SteelDataset, load_dataset, stratified_split
+from inspector.config import read_yaml, section
+from inspector.errors import ConfigError
+from inspector.model import InspectionNet, ModelSpec, build, read_checkpoint
+from trainer.data import Sample, SteelDataset, load_datasets, read_holdout, stratified_split
 from trainer.evaluate import evaluate_model
+from trainer.pretrained import load_encoder_weights
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""
+    data: tuple[str, ...] = ()  # Kaggle-layout folders (images/ + train.csv), e.g. synthetic and real frames
+    shares: tuple[float, ...] | None = None  # share of each batch drawn from each folder; None: by frame count
+    holdout: str | None = None  # file of image ids (one per line) that training and validation never see
     out: str = "runs/latest"
     encoder: str = "resnet18"
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     scale: float = 1.0
-    in_channels: int = 1
-    encoder_weights: str | None = None  # a local file; nothing is downloaded
+    encoder_weights: str | None = None  # `imagenet` (shipped in a package) or a local file; nothing is downloaded
     epochs: int = 20
     max_steps: int | None = None  # stop after this many optimiser steps in all (tests, quick runs)
     batch_size: int = 8
     crop_width: int | None = 512  # training crops; validation and inference run at full width
+    augment: bool = True  # flips, brightness/contrast, small vertical shifts (trainer.data.SteelDataset)
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    val_fraction: float = 0.15
+    val_fraction: tuple[float, ...] = (0.15,)  # of each folder (one value, or one per folder), stratified by class
     val_every: int = 1
     seed: int = 0
     device: str = "auto"
@@ -53,22 +58,26 @@ class TrainConfig:
 
     @classmethod
     def from_sources(cls, yaml_path: str | None, **overrides: Any) -> TrainConfig:
-        """Defaults < YAML < command line (None = not given)."""
-        data: dict[str, Any] = {}
-        if yaml_path:
-            data = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown trainer config key '{unknown[0]}'; valid keys: {', '.join(sorted(names))}")
-        if "decoder_channels" in data:
-            data["decoder_channels"] = tuple(data["decoder_channels"])
-        return cls(**data)
+        """Defaults < YAML < command line (None = not given); ConfigError names an unknown or mistyped key."""
+        data: dict[str, Any] = read_yaml(yaml_path, "config/trainer.yaml") if yaml_path else {}
+        data.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+        for key in ("data", "val_fraction", "shares"):
+            if isinstance(data.get(key), str | int | float) and not isinstance(data.get(key), bool):
+                data[key] = [data[key]]
+        cfg = section(cls, data)
+        if not cfg.data:
+            raise ConfigError("trainer config key 'data' is empty: name at least one dataset folder (--data DIR)")
+        if cfg.shares is not None and (len(cfg.shares) != len(cfg.data) or min(cfg.shares) < 0
+                                       or sum(cfg.shares) <= 0):
+            raise ConfigError(f"trainer config key 'shares' needs one non-negative share per data folder "
+                              f"({len(cfg.data)}), got {list(cfg.shares)}")
+        if len(cfg.val_fraction) not in (1, len(cfg.data)) or not all(0 <= f < 1 for f in cfg.val_fraction):
+            raise ConfigError(f"trainer config key 'val_fraction' needs one fraction in [0, 1), or one per data "
+                              f"folder ({len(cfg.data)}), got {list(cfg.val_fraction)}")
+        return cfg
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(encoder=self.encoder, in_channels=self.in_channels, decoder_channels=self.decoder_channels,
-                         scale=self.scale)
+        return ModelSpec(encoder=self.encoder, decoder_channels=self.decoder_channels, scale=self.scale)
 
 
 def seed_everything(seed: int) -> None:
@@ -96,6 +105,27 @@ def balanced_weights(samples: list[Sample]) -> list[float]:
     return [max(1.0 / counts[c] for c in (s.classes or (0,))) for s in samples]
 
 
+def sampling_weights(samples: list[Sample], shares: tuple[float, ...] | None, balance: bool) -> list[float]:
+    """Per-frame sampling weights: each folder (domain) gets its share of every batch (default: by frame count),
+    and within a folder frames are class-balanced when `balance` is on."""
+    weights = [0.0] * len(samples)
+    domains = sorted({s.domain for s in samples})
+    for d in domains:
+        index = [i for i, s in enumerate(samples) if s.domain == d]
+        own = balanced_weights([samples[i] for i in index]) if balance else [1.0] * len(index)
+        share = shares[d] if shares is not None else len(index)
+        for i, w in zip(index, own, strict=True):
+            weights[i] = share * w / sum(own)
+    return weights
+
+
+def domain_weights(samples: list[Sample]) -> dict[str, float]:
+    """image id -> weight that gives every folder the same say in a validation score (each folder sums to 1):
+    40 real frames beside 800 synthetic ones would otherwise not move the metric that picks best.pt."""
+    count = Counter(s.domain for s in samples)
+    return {s.image_id: 1.0 / count[s.domain] for s in samples}
+
+
 def save_checkpoint(path: Path, model: InspectionNet, **extra: Any) -> None:
     """Write-then-rename, so an interrupted save never leaves a truncated best.pt."""
     tmp = path.with_suffix(".tmp")
@@ -113,25 +143,42 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(
-        {**dataclasses.asdict(cfg), "decoder_channels": list(cfg.decoder_channels)}, sort_keys=False))
-    samples = load_dataset(cfg.data)
-    train_set, val_set = stratified_split(samples, cfg.val_fraction, cfg.seed)
+        {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}, sort_keys=False))
+    samples = load_datasets(cfg.data)
+    if cfg.holdout:
+        held = read_holdout(cfg.holdout)
+        samples = [s for s in samples if s.image_id not in held]
+        log.info("holding out %d frames listed in %s", len(held), cfg.holdout)
+    train_set, val_set = [], []
+    for d in range(len(cfg.data)):  # each folder split on its own, so every domain is in the validation set
+        fraction = cfg.val_fraction[d if len(cfg.val_fraction) > 1 else 0]
+        t, v = stratified_split([s for s in samples if s.domain == d], fraction, cfg.seed)
+        train_set += t
+        val_set += v
     (out / "split.json").write_text(json.dumps({"train": [s.image_id for s in train_set],
                                                 "val": [s.image_id for s in val_set]}))
+    (out / "val_weights.json").write_text(json.dumps(domain_weights(val_set)))
     generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = WeightedRandomSampler(balanced_weights(train_set), len(train_set), generator=generator) \
-        if cfg.balance else None
-    loader = DataLoader(SteelDataset(train_set, True, cfg.crop_width, cfg.seed), batch_size=cfg.batch_size,
+    weights = sampling_weights(train_set, cfg.shares, cfg.balance)
+    sampler = WeightedRandomSampler(weights, len(train_set), generator=generator) \
+        if cfg.balance or cfg.shares is not None else None
+    loader = DataLoader(SteelDataset(train_set, True, cfg.crop_width, cfg.seed, cfg.augment),
+                        batch_size=cfg.batch_size,
                         shuffle=sampler is None, sampler=sampler, num_workers=cfg.workers,
                         drop_last=len(train_set) > cfg.batch_size, generator=generator)
-    model = build(cfg.spec(), cfg.encoder_weights).to(device)
+    model = build(cfg.spec())
+    if cfg.encoder_weights:
+        left = load_encoder_weights(model.unet, cfg.encoder, cfg.encoder_weights)
+        log.info("encoder weights from %s (%d encoder tensors left at their initial values)", cfg.encoder_weights,
+                 len(left))
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.max_steps or cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 1), pct_start=0.15)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     state = {"epoch": 0, "step": 0, "best": -1.0, "history": []}
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -162,7 +209,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
         state["epoch"] += 1
         last = state["step"] >= total_steps
         if val_set and (state["epoch"] % cfg.val_every == 0 or last):
-            metrics = evaluate_model(model, val_set, device=device)
+            metrics = evaluate_model(model, val_set, device=device, weights=domain_weights(val_set))
             bar.set_postfix(loss=f"{state['history'][-1]:.4f}", val_dice=f"{metrics['mean_dice']:.4f}")
             if metrics["mean_dice"] > state["best"]:
                 state["best"] = metrics["mean_dice"]

@@ -26,12 +26,16 @@ MIN_CLASS = (0, 200, 400, 600, 900, 1500, 2500)
 PRESENCE = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
-def tune(model: InspectionNet, samples: list[Sample], device: torch.device | str = "cpu") -> tuple[
-        PostprocessParams, dict[str, Any]]:
+def tune(model: InspectionNet, samples: list[Sample], device: torch.device | str = "cpu",
+         weights: dict[str, float] | None = None) -> tuple[PostprocessParams, dict[str, Any]]:
+    """Best post-processing per class on `samples`; `weights` (image id -> weight) weigh the frames, e.g. so
+    that a few real frames count as much as many synthetic ones."""
     # per class, per threshold, per image: (component areas, overlaps with truth, truth area, presence)
     stats: list[dict[float, list[tuple[np.ndarray, np.ndarray, int, float]]]] = [
         {t: [] for t in THRESHOLDS} for _ in range(4)]
+    frame_weights = []
     for sample, probs, presence in predict(model, samples, device):
+        frame_weights.append(1.0 if weights is None else weights[sample.image_id])
         truth = masks_of(sample).astype(bool)
         for k in range(4):
             p = probs[k].astype(np.float32)
@@ -46,7 +50,7 @@ def tune(model: InspectionNet, samples: list[Sample], device: torch.device | str
         top = (-1.0, None)
         for t in THRESHOLDS:
             for mc, mk, pr in itertools.product(MIN_COMPONENT, MIN_CLASS, PRESENCE):
-                score = _class_score(stats[k][t], mc, mk, pr)
+                score = _class_score(stats[k][t], mc, mk, pr, frame_weights)
                 if score > top[0] + 1e-12:
                     top = (score, (t, mc, mk, pr))
         t, mc, mk, pr = top[1]  # type: ignore[misc]
@@ -58,9 +62,9 @@ def tune(model: InspectionNet, samples: list[Sample], device: torch.device | str
 
 
 def _class_score(rows: list[tuple[np.ndarray, np.ndarray, int, float]], min_comp: int, min_class: int,
-                 presence: float) -> float:
+                 presence: float, weights: list[float]) -> float:
     total = 0.0
-    for areas, overlaps, truth_area, pres in rows:
+    for (areas, overlaps, truth_area, pres), weight in zip(rows, weights, strict=True):
         keep = areas >= min_comp
         area = int(areas[keep].sum())
         if np.float32(pres) < np.float32(presence) or area < max(min_class, 1):
@@ -68,5 +72,5 @@ def _class_score(rows: list[tuple[np.ndarray, np.ndarray, int, float]], min_comp
         else:
             inter = int(overlaps[keep].sum())
         denom = area + truth_area
-        total += 1.0 if denom == 0 else 2.0 * inter / denom
-    return total / max(len(rows), 1)
+        total += weight * (1.0 if denom == 0 else 2.0 * inter / denom)
+    return total / max(sum(weights), 1e-12)
