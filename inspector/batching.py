@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from inspector.io.base import Entry
+
 T = TypeVar("T")
 
 
@@ -40,3 +42,15 @@ class Batcher:
                 break
             batch.extend(more)
         return batch
+
+
+def split_isolated(entries: list[Entry]) -> list[list[Entry]]:
+    """The batch as the engine sees it: entries marked `isolate` each alone, the rest together, in order."""
+    groups: list[list[Entry]] = []
+    rest: list[Entry] = []
+    for entry in entries:
+        if entry.isolate and entry.poison is None:
+            groups.append([entry])
+        else:
+            rest.append(entry)
+    return ([rest] if rest else []) + groups

@@ -1,27 +1,35 @@
 """`inspector bench`: frames/sec end to end and engine-only, from one run over the same batches.
 
 Offline mode feeds an in-memory stream (MemoryStreams) from a thread; `--redis` feeds a real Redis stream
-from a separate `inspector feed` process at the offered rate. Both run the real pipeline (threads, staging,
-engine, post-processing, fenced publish). A warm-up batch runs first and is not counted. Results carry the
-machine, commit and library versions, so a JSON file under benchmarks/results/ says where it came from.
+from a separate `inspector feed` process at the offered rate, under keys and a group of its own (removed
+afterwards: a bench pointed at a plant's Redis never touches the production stream). Both run the real pipeline
+(threads, staging, decode pool, engine, post-processing, fenced publish). A warm-up batch runs first and is not
+counted. `--metrics` turns Prometheus metrics on and scrapes them every second, to measure what they cost.
+Results carry the machine, commit and library versions, so a JSON file under benchmarks/results/ says where it
+came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from inspector import config as config_mod
 from inspector.config import Config
 from inspector.feed import feed, folder_payloads, messages, redis_adder, synthetic_payloads
+from inspector.health import Health, app, serve
+from inspector.io.isolation import private_keys, remove_keys
 from inspector.io.memory import MemoryStreams
+from inspector.metrics import Metrics
 from inspector.pipeline import Pipeline, from_config
 from inspector.stats import STAGES, Stats
 
@@ -77,7 +85,8 @@ def _payloads(source: str, encoding: str) -> list[tuple[bytes, str, int, int]]:
     return synthetic_payloads(0, 32, encoding) if source == "synthetic" else folder_payloads(source, encoding)
 
 
-def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float) -> dict[str, Any]:
+def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, source: str,
+            encoding: str) -> dict[str, Any]:
     frames = stats.counters["frames"]
     wall = (stats.last_done_ts or 0.0) - (stats.first_ts or 0.0)
     infer_s = stats.stage_s["infer"]
@@ -92,21 +101,54 @@ def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float) -
         "offered_fps": rate or None, "camera_fps": cfg.camera.fps, "meets_camera_rate": fps >= cfg.camera.fps,
         "stage_ms_per_frame": {s: round(1000 * stats.stage_s[s] / max(frames, 1), 3) for s in STAGES},
         "batch_size": cfg.batching.batch_size, "max_wait_ms": cfg.batching.max_wait_ms,
-        "backend": pipe.backend.name, "device": str(pipe.backend.device), "model": pipe.backend.model_id,
+        "decode_threads": cfg.batching.decode_threads, "source": source, "encoding": encoding,
+        "backend": pipe.engine.backend.name, "device": str(pipe.engine.backend.device),
+        "model": pipe.engine.model_id, "metrics": stats.metrics is not None,
         "rejected": stats.counters["rejected"], "wall_s": round(wall, 3),
     }
     return {**result, **environment()}
 
 
-def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool]) -> Stats:
+def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool], metrics: Metrics | None) -> Stats:
     """Run the threaded pipeline until `frames` events are out (or the feeder is gone and the stream idle)."""
-    pipe.stats = stats = Stats()
-    while stats.counters["frames"] + stats.counters["rejected"] < frames:
-        pipe.run(burst=True, handle_signals=False, report_every_s=3600)
+    pipe.stats = stats = Stats(metrics=metrics)
+    while stats.counters["frames"] < frames:
+        pipe.run(burst=True, handle_signals=False)
         if not feeding():
-            pipe.run(burst=True, handle_signals=False, report_every_s=3600)
+            pipe.run(burst=True, handle_signals=False)
             break
     return stats
+
+
+@contextlib.contextmanager
+def _scraped(enabled: bool) -> Iterator[Metrics | None]:
+    """Metrics on an HTTP server of their own, fetched every second by a thread (a busy Prometheus)."""
+    if not enabled:
+        yield None
+        return
+    metrics = Metrics()
+    server = serve(("127.0.0.1", 0), app(Health(), metrics.wsgi()))
+    stop = threading.Event()
+
+    def scrape() -> None:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as reply:
+                reply.read()
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield metrics
+    finally:
+        stop.set()
+        thread.join()
+        server.shutdown()
+        server.server_close()
+
+
+def _bench_config(cfg: Config) -> Config:
+    return config_mod.replace(cfg, metrics={"report_every_s": 3600.0}, engine={"watch": False})
 
 
 def _warm_up(pipe: Pipeline, add: Callable[[list[dict[bytes, bytes]]], None], payloads: list[Any]) -> None:
@@ -116,31 +158,37 @@ def _warm_up(pipe: Pipeline, add: Callable[[list[dict[bytes, bytes]]], None], pa
         pass
 
 
-def offline(cfg: Config, frames: int, rate: float = 0.0, source: str = "synthetic",
-            encoding: str = "gray8") -> dict[str, Any]:
+def offline(cfg: Config, frames: int, rate: float = 0.0, source: str = "synthetic", encoding: str = "gray8",
+            with_metrics: bool = False) -> dict[str, Any]:
     """In-memory stream; `rate` 0 queues every frame up front (throughput), >0 offers them at that rate."""
-    streams = MemoryStreams()
+    cfg = _bench_config(cfg)
+    streams = MemoryStreams(cfg.redis.max_deliveries, cfg.camera.max_payload_bytes, cfg.camera.max_seq_jump,
+                            cfg.redis.block_ms)
     pipe = from_config(cfg, streams)
-    pipe.backend.activate()
-    payloads = _payloads(source, encoding)
+    try:
+        payloads = _payloads(source, encoding)
 
-    def add(batch: list[dict[bytes, bytes]]) -> None:
-        for fields in batch:
-            streams.add(fields)
+        def add(batch: list[dict[bytes, bytes]]) -> None:
+            for fields in batch:
+                streams.add(fields)
 
-    _warm_up(pipe, add, payloads)
-    gen = messages(payloads, camera="bench")
-    feeder = threading.Thread(target=feed, args=(add, gen, frames, rate), daemon=True)
-    feeder.start()
-    if rate <= 0:
-        feeder.join()
-    stats = _drive(pipe, frames, feeder.is_alive)
-    return _result(cfg, pipe, stats, "offline", rate)
+        _warm_up(pipe, add, payloads)
+        gen = messages(payloads, camera="bench")
+        feeder = threading.Thread(target=feed, args=(add, gen, frames, rate), daemon=True)
+        feeder.start()
+        if rate <= 0:
+            feeder.join()
+        with _scraped(with_metrics) as metrics:
+            stats = _drive(pipe, frames, feeder.is_alive, metrics)
+        return _result(cfg, pipe, stats, "offline", rate, source, encoding)
+    finally:
+        pipe.close()
 
 
-def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic",
-               encoding: str = "gray8") -> dict[str, Any]:
-    """Real Redis stream fed by a separate `inspector feed` process at `rate` frames/s (0 = flat out)."""
+def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic", encoding: str = "gray8",
+               with_metrics: bool = False) -> dict[str, Any]:
+    """Real Redis stream fed by a separate `inspector feed` process at `rate` frames/s (0 = flat out), under keys
+    and a group of this run's own, deleted at the end."""
     import redis
 
     from inspector.io.redis_server import PrivateRedis
@@ -149,21 +197,27 @@ def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic",
     if cfg.redis.url is None:
         server = PrivateRedis()
         cfg = config_mod.replace(cfg, redis={"url": server.start()})
+    cfg = private_keys(_bench_config(cfg), "bench")
+    client = redis.Redis.from_url(cfg.redis.url)
+    pipe = None
     try:
-        client = redis.Redis.from_url(cfg.redis.url)
-        client.delete(cfg.redis.frames_key, cfg.redis.events_key, cfg.redis.dead_key)
         pipe = from_config(cfg)
-        pipe.backend.activate()
         _warm_up(pipe, redis_adder(client, cfg.redis.frames_key), _payloads(source, encoding))
         cmd = [sys.executable, "-m", "inspector.cli", "feed", "--redis-url", cfg.redis.url, "--frames-key",
                cfg.redis.frames_key, "--count", str(frames), "--fps", str(rate), "--encoding", encoding,
                "--camera", "bench"] + ([] if source == "synthetic" else ["--folder", source])
         feeder = subprocess.Popen(cmd)
-        stats = _drive(pipe, frames, lambda: feeder.poll() is None)
+        with _scraped(with_metrics) as metrics:
+            stats = _drive(pipe, frames, lambda: feeder.poll() is None, metrics)
         if feeder.wait(timeout=60) != 0:
             raise RuntimeError(f"the feeder process exited with {feeder.returncode}")
-        return _result(cfg, pipe, stats, "redis", rate)
+        return _result(cfg, pipe, stats, "redis", rate, source, encoding)
     finally:
+        if pipe is not None:
+            pipe.close()
+        with contextlib.suppress(redis.RedisError):
+            remove_keys(client, cfg)
+        client.close()
         if server is not None:
             server.stop()
 

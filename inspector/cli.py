@@ -11,7 +11,19 @@ from typing import Any
 
 import click
 
-from inspector.errors import InspectorError
+from inspector.backends import BACKENDS, DEVICES
+from inspector.errors import ConfigError, EngineError, InspectorError, SourceRefused, SourceUnavailable
+
+EX_UNAVAILABLE, EX_CONFIG = 69, 78  # sysexits.h; the systemd unit does not restart on EX_CONFIG
+
+
+class Failed(click.ClickException):
+    """One line on stderr and an exit code that says whether a restart can help."""
+
+    def __init__(self, exc: InspectorError) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.exit_code = EX_CONFIG if isinstance(exc, ConfigError | SourceRefused | EngineError) else (
+            EX_UNAVAILABLE if isinstance(exc, SourceUnavailable) else 1)
 
 
 def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,7 +41,7 @@ def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except InspectorError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            raise Failed(exc) from None
 
     return wrapper
 
@@ -37,8 +49,8 @@ def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
         click.option("--engine", default=None, help="Engine folder (default engines/current)."),
-        click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default=None),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
+        click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default=None),
+        click.option("--device", type=click.Choice(["auto", *DEVICES]), default=None),
         click.option("--batch-size", type=int, default=None),
         click.option("--max-wait-ms", type=float, default=None),
         click.option("--threads", type=int, default=None, help="CPU threads for the engine (0 = library default)."),
@@ -49,11 +61,12 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(config_path: str | None, redis_url: str | None, engine: str | None = None, backend: str | None = None,
           device: str | None = None, batch_size: int | None = None, max_wait_ms: float | None = None,
-          threads: int | None = None) -> Any:
+          threads: int | None = None, **more: Any) -> Any:
     from inspector import config
 
     return config.load(config_path, redis_url, engine__path=engine, engine__backend=backend, engine__device=device,
-                       engine__threads=threads, batching__batch_size=batch_size, batching__max_wait_ms=max_wait_ms)
+                       engine__threads=threads, batching__batch_size=batch_size, batching__max_wait_ms=max_wait_ms,
+                       **more)
 
 
 @click.group()
@@ -66,12 +79,16 @@ def main() -> None:
 @shared_options
 @engine_options
 @click.option("--burst", is_flag=True, help="Process until the stream has nothing new, then exit.")
-def run(config_path: str | None, redis_url: str | None, burst: bool, **engine: Any) -> None:
-    """The service: read frames, publish one event per frame, until SIGTERM."""
-    from inspector.pipeline import from_config
+@click.option("--metrics-address", default=None, help="HOST:PORT for /metrics, /healthz, /readyz (metrics.address).")
+@click.option("--worker-id", type=int, default=None,
+              help="redis.worker_id: the consumer is <hostname>-<id> (one per unit of inspector@.service).")
+def run(config_path: str | None, redis_url: str | None, burst: bool, metrics_address: str | None,
+        worker_id: int | None, **engine: Any) -> None:
+    """The service: read frames, publish one event per frame, until SIGTERM (SIGHUP: load the engine anew)."""
+    from inspector import service
 
-    pipe = from_config(_load(config_path, redis_url, **engine))
-    stats = pipe.run(burst=burst)
+    cfg = _load(config_path, redis_url, metrics__address=metrics_address, redis__worker_id=worker_id, **engine)
+    stats = service.run(cfg, burst=burst)
     click.echo(json.dumps(stats.snapshot()))
 
 
@@ -86,20 +103,26 @@ def run(config_path: str | None, redis_url: str | None, burst: bool, **engine: A
 @click.option("--camera", default="cam-0")
 @click.option("--seed", type=int, default=0, help="Synthetic camera seed.")
 @click.option("--frames-key", default=None, help="Frames stream (default from config).")
+@click.option("--start-seq", type=int, default=0, help="First seq number of the camera.")
 def feed(config_path: str | None, redis_url: str | None, folder: str | None, encoding: str, fps: float,
-         count: int, camera: str, seed: int, frames_key: str | None) -> None:
+         count: int, camera: str, seed: int, frames_key: str | None, start_seq: int) -> None:
     """Push frames into the frames stream (a stand-in for the cameras)."""
     import redis
 
     from inspector import feed as feeding
-    from inspector.io.redis_streams import DEFAULT_URL
+    from inspector.config import DEFAULT_URL
+    from inspector.io.redis_streams import classify
 
     cfg = _load(config_path, redis_url)
     payloads = (feeding.folder_payloads(folder, encoding) if folder
                 else feeding.synthetic_payloads(seed, 32, encoding))
     client = redis.Redis.from_url(cfg.redis.url or DEFAULT_URL)
     key = frames_key or cfg.redis.frames_key
-    sent = feeding.feed(feeding.redis_adder(client, key), feeding.messages(payloads, camera), count, fps)
+    try:
+        sent = feeding.feed(feeding.redis_adder(client, key), feeding.messages(payloads, camera, start_seq), count,
+                            fps)
+    except redis.RedisError as exc:
+        raise Failed(classify(exc, cfg.redis.safe_url(), "adding frames")) from None
     click.echo(f"sent {sent} frames to {key}", err=True)
 
 
@@ -113,14 +136,18 @@ def feed(config_path: str | None, redis_url: str | None, folder: str | None, enc
 @click.option("--encoding", type=click.Choice(["original", "gray8", "jpeg", "png"]), default="gray8")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@click.option("--metrics", "with_metrics", is_flag=True, help="Prometheus metrics on, scraped once a second.")
+@click.option("--decode-threads", type=int, default=None, help="batching.decode_threads (0: decode in the producer).")
 def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frames: int, rate: float, source: str,
-          encoding: str, as_json: bool, out: str | None, **engine: Any) -> None:
-    """Frames/sec end to end and engine-only, latency, per-stage times."""
+          encoding: str, as_json: bool, out: str | None, with_metrics: bool, decode_threads: int | None,
+          **engine: Any) -> None:
+    """Frames/sec end to end and engine-only, latency, per-stage times. With --redis: its own keys and group,
+    removed afterwards (never the production stream)."""
     from inspector import bench as benching
 
-    cfg = _load(config_path, redis_url, **engine)
+    cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads, **engine)
     run_bench = benching.with_redis if use_redis else benching.offline
-    result = run_bench(cfg, frames, rate, source, encoding)
+    result = run_bench(cfg, frames, rate, source, encoding, with_metrics)
     if out:
         benching.write(result, out)
     if as_json:
@@ -128,7 +155,8 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
     else:
         stages = ", ".join(f"{k} {v} ms" for k, v in result["stage_ms_per_frame"].items())
         click.echo(f"{result['frames']} frames: {result['fps']} frames/s end to end, engine {result['engine_fps']} "
-                   f"frames/s ({result['backend']} on {result['device']}, batch {result['batch_size']}); latency "
+                   f"frames/s ({result['backend']} on {result['device']}, batch {result['batch_size']}, metrics "
+                   f"{'on' if result['metrics'] else 'off'}); latency "
                    f"p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms; camera rate "
                    f"{result['camera_fps']} met: {result['meets_camera_rate']}\nper frame: {stages}")
 

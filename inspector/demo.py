@@ -2,12 +2,14 @@
 
 A private redis-server (unless one is configured), a synthetic camera pushing frames at a set rate, the
 engine in engines/current, the worker, and a live summary read back from the events stream, the way a
-downstream system would see it.
+downstream system would see it. Pointed at an existing Redis, the demo works under keys and a group of its own
+and deletes them when it ends: the production stream is never read, trimmed or joined.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ import redis
 from inspector import config as config_mod
 from inspector.config import Config
 from inspector.feed import corrupt, feed, messages, redis_adder, synthetic_payloads
+from inspector.io.isolation import private_keys, remove_keys
 from inspector.io.redis_server import PrivateRedis
 from inspector.pipeline import from_config
 from inspector.protocol import EVENT_FIELD, unpack_event
@@ -71,12 +74,15 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         server = PrivateRedis()
         cfg = config_mod.replace(cfg, redis={"url": server.start()})
         out(f"started a private redis-server at {cfg.redis.url}")
+    cfg = private_keys(cfg, "demo")
     stop = threading.Event()
+    client = redis.Redis.from_url(cfg.redis.url)
+    pipe = None
     try:
-        client = redis.Redis.from_url(cfg.redis.url)
         pipe = from_config(cfg)
-        out(f"engine {pipe.backend.model_id} ({pipe.backend.name} on {pipe.backend.device}); camera: synthetic "
-            f"frames at {fps:g}/s into {cfg.redis.frames_key}; events on {cfg.redis.events_key}")
+        b = pipe.engine.backend
+        out(f"engine {b.model_id} ({b.name} on {b.device}: {b.why}); camera: synthetic frames at {fps:g}/s into "
+            f"{cfg.redis.frames_key}; events on {cfg.redis.events_key}")
         add = redis_adder(client, cfg.redis.frames_key)
         sent = [0]
         kinds = ("truncated", "wrong_size", "unknown_encoding", "not_msgpack")
@@ -98,7 +104,7 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
             threading.Timer(seconds, pipe.stop).start()
         feeder.start()
         reporter.start()
-        pipe.run(report_every_s=3600)
+        pipe.run()
         stop.set()
         time.sleep(0.1)
         summary.poll()
@@ -106,5 +112,11 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         return summary
     finally:
         stop.set()
+        if pipe is not None:
+            pipe.close()
+        if server is None:
+            with contextlib.suppress(redis.RedisError):
+                remove_keys(client, cfg)
+        client.close()
         if server is not None:
             server.stop()

@@ -18,7 +18,7 @@ from typing import Any
 from inspector.errors import EngineError
 
 MANIFEST = "manifest.json"
-FORMATS = {"onnx": "onnxruntime", "tensorrt": "tensorrt", "torch": "torch"}  # format -> default backend
+FORMATS = ("onnx", "tensorrt", "torch")  # engine file formats; inspector.backends.NATIVE maps each to its backend
 
 
 @dataclass(frozen=True)

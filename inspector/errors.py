@@ -1,10 +1,14 @@
 """Every error the worker raises on purpose, so callers can catch by stage.
 
     InspectorError
-    ├── ConfigError      a config key is missing, unknown or out of range (names the key and the fix)
-    ├── SourceError      Redis (or another frame source / event sink) failed or refused
-    ├── DecodeError      one frame's payload is malformed; the frame is rejected, the worker goes on
-    └── EngineError      an engine folder, manifest or backend cannot be loaded or run
+    ├── ConfigError          a config key is missing, unknown or out of range (names the key and the fix)
+    ├── SourceError          Redis (or another frame source / event sink) failed
+    │   ├── SourceUnavailable    unreachable or busy for now (connection lost, loading, OOM, read-only
+    │   │                        replica during a failover): the worker retries with backoff, counted and logged
+    │   └── SourceRefused        refused for good (wrong password, missing permission, a key of the wrong
+    │                            type): retrying cannot help, the worker stops with the fix in one line
+    ├── DecodeError          one frame's payload is malformed; the frame is rejected, the worker goes on
+    └── EngineError          an engine folder, manifest or backend cannot be loaded or run
         └── EngineMismatchError  the engine was built for another TensorRT version or GPU
 """
 
@@ -18,7 +22,15 @@ class ConfigError(InspectorError):
 
 
 class SourceError(InspectorError):
-    """The frame source or event sink failed (connection lost, refused command)."""
+    """The frame source or event sink failed."""
+
+
+class SourceUnavailable(SourceError):
+    """The source cannot answer now; the same call may succeed later."""
+
+
+class SourceRefused(SourceError):
+    """The source refused in a way no retry can fix; the message says what to change."""
 
 
 class DecodeError(InspectorError):

@@ -100,9 +100,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"{path} was refused: it holds pickled Python objects, not only tensors and plain "
-                          f"values ({first}); re-save it with `trainer train`") from None
+        detail = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line),
+                      str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        if "Unsupported global" in detail:
+            raise EngineError(f"{path} was refused: it holds pickled Python objects, not only tensors and plain "
+                              f"values ({detail[:200]}); re-save it with `trainer train`") from None
+        raise EngineError(f"{path} cannot be read as a trainer checkpoint ({detail[:200]})") from None
     except Exception as exc:  # torch.load raises zip and OS errors alike
         raise EngineError(f"{path} cannot be read as a trainer checkpoint: {exc}") from None
     return ckpt

@@ -1,13 +1,17 @@
 """The wire format shared with cameras and downstream systems, in one place (README "Protocol").
 
-Frames stream entry: one field `f` = msgpack map {id, camera, seq, ts, height, width, encoding, data}.
-Events stream entry: one field `e` = msgpack map {frame_id, camera, seq, ts, done_ts, model, status, error,
-defects: [{class_id, rle, area, score, components: [[x, y, w, h, area], ...]}]}.
+Frames stream entry: exactly one field `f` = msgpack map {id, camera, seq, ts, height, width, encoding, data}.
+Events stream entry: one field `e` = msgpack map {v, frame_id, entry_id, camera, seq, ts, done_ts, model, status,
+error, defects: [{class_id, rle, area, score, components: [[x, y, w, h, area], ...]}]}.
 Dead-letter entry: the frame entry's original fields plus `error`, `source_id`, `consumer`, `deliveries`.
+
+Everything a camera sends is checked here before any decoding: sizes, types and ranges, so a hostile entry costs
+a few comparisons and becomes one rejected event, never an exception that ends the worker.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +23,12 @@ PROTOCOL_VERSION = 1
 FRAME_FIELD = b"f"
 EVENT_FIELD = b"e"
 ENCODINGS = ("gray8", "jpeg", "png")
-_REQUIRED = {"id": str, "camera": str, "seq": int, "ts": (int, float), "height": int, "width": int,
-             "encoding": str, "data": bytes}
+MAX_SEQ = 2**53  # seq must be an integer in [0, 2**53): exact in every JSON / Lua / float consumer
+MAX_ID_CHARS = 256
+MAX_CAMERA_CHARS = 128
+MAX_DEAD_FIELDS = 64  # an entry with more fields is dead-lettered as one packed `fields` value
+_TYPES = {"id": str, "camera": str, "seq": int, "ts": (int, float), "height": int, "width": int,
+          "encoding": str, "data": bytes}
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,10 @@ class Event:
     """Exactly one per frame, accepted or rejected."""
 
     frame_id: str
+    entry_id: str  # the frames-stream entry it answers (matches its dead letter's source_id)
     camera: str
-    seq: int
-    ts: float
+    seq: int  # -1 when the frame carried no valid seq
+    ts: float  # 0.0 when the frame carried no valid capture time
     done_ts: float
     model: str
     status: str  # ok | rejected
@@ -72,8 +81,9 @@ class Event:
     defects: list[Defect] = field(default_factory=list)
 
     def pack(self) -> bytes:
-        body: dict[str, Any] = {"frame_id": self.frame_id, "camera": self.camera, "seq": self.seq, "ts": self.ts,
-                                "done_ts": self.done_ts, "model": self.model, "status": self.status,
+        body: dict[str, Any] = {"v": PROTOCOL_VERSION, "frame_id": self.frame_id, "entry_id": self.entry_id,
+                                "camera": self.camera, "seq": self.seq, "ts": self.ts, "done_ts": self.done_ts,
+                                "model": self.model, "status": self.status,
                                 "defects": [d.as_dict() for d in self.defects]}
         if self.error is not None:
             body["error"] = self.error
@@ -85,37 +95,108 @@ def unpack_event(payload: bytes) -> dict[str, Any]:
     return msgpack.unpackb(payload, raw=False)
 
 
-def parse_frame(fields: dict[bytes, bytes] | None) -> FrameMessage:
+def _name(key: bytes | str) -> str:
+    text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _unpack(payload: bytes, max_bytes: int) -> Any:
+    """msgpack with every length bounded by the payload limit: a 20-byte header cannot ask for gigabytes."""
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False, max_bin_len=max_bytes, max_str_len=max_bytes,
+                           max_array_len=1024, max_map_len=64, max_ext_len=1024)
+
+
+def parse_frame(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_000_000) -> FrameMessage:
     """Validate a frames-stream entry and return its message; DecodeError says what is wrong."""
-    if not fields or FRAME_FIELD not in fields:
-        raise DecodeError(f"entry has no '{FRAME_FIELD.decode()}' field (fields: "
-                          f"{sorted(k.decode(errors='replace') for k in (fields or {}))})")
+    if fields is None:
+        raise DecodeError("entry was deleted from the frames stream while pending (its fields are gone)")
+    if set(fields) != {FRAME_FIELD}:
+        names = ", ".join(_name(k) for k in list(fields)[:5]) + (", ..." if len(fields) > 5 else "")
+        raise DecodeError(f"entry must have exactly one field 'f', got {len(fields)} field(s)"
+                          + (f": {names}" if fields else ""))
+    payload = fields[FRAME_FIELD]
+    if len(payload) > max_payload_bytes:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds camera.max_payload_bytes ({max_payload_bytes})")
     try:
-        body = msgpack.unpackb(fields[FRAME_FIELD], raw=False, strict_map_key=False)
+        body = _unpack(payload, max_payload_bytes)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise DecodeError(f"field 'f' is not msgpack: {type(exc).__name__}: {exc}") from None
+        raise DecodeError(f"field 'f' is not msgpack: {type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(body, dict):
         raise DecodeError(f"field 'f' must be a msgpack map, got {type(body).__name__}")
-    for key, kind in _REQUIRED.items():
+    for key, kind in _TYPES.items():
         if key not in body:
             raise DecodeError(f"frame is missing key '{key}'")
         if not isinstance(body[key], kind) or isinstance(body[key], bool):
-            raise DecodeError(f"frame key '{key}' has type {type(body[key]).__name__}")
+            raise DecodeError(f"frame key '{key}' has type {type(body[key]).__name__}, expected "
+                              f"{'number' if key == 'ts' else kind.__name__}")  # type: ignore[union-attr]
+    _check_ranges(body)
+    return FrameMessage(**{k: body[k] for k in _TYPES})
+
+
+def _check_ranges(body: dict[str, Any]) -> None:
+    if not 1 <= len(body["id"]) <= MAX_ID_CHARS:
+        raise DecodeError(f"frame id must have 1..{MAX_ID_CHARS} characters, got {len(body['id'])}")
+    if not 1 <= len(body["camera"]) <= MAX_CAMERA_CHARS:
+        raise DecodeError(f"camera name must have 1..{MAX_CAMERA_CHARS} characters, got {len(body['camera'])}")
+    if not 0 <= body["seq"] < MAX_SEQ:
+        raise DecodeError(f"seq {body['seq']} is outside 0..2**53-1")
+    ts = body["ts"]
+    if not (math.isfinite(ts) and ts >= 0):
+        raise DecodeError(f"ts {ts} is not a capture time (finite unix seconds >= 0)")
     if body["encoding"] not in ENCODINGS:
-        raise DecodeError(f"unknown encoding '{body['encoding']}': expected one of {', '.join(ENCODINGS)}")
-    return FrameMessage(**{k: body[k] for k in _REQUIRED})
+        raise DecodeError(f"unknown encoding '{body['encoding'][:40]}': expected one of {', '.join(ENCODINGS)}")
+    if not (0 < body["height"] <= 65535 and 0 < body["width"] <= 65535):
+        raise DecodeError(f"frame size {body['height']}x{body['width']} is not an image size")
 
 
-def identity(fields: dict[bytes, bytes] | None) -> tuple[str, str, int, float]:
-    """Best-effort (id, camera, seq, ts) of a possibly malformed entry, for its rejected event."""
-    try:
-        body = msgpack.unpackb((fields or {}).get(FRAME_FIELD, b""), raw=False, strict_map_key=False)
-    except Exception:
-        body = None
+def identity(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_000_000) -> tuple[str, str, int, float]:
+    """Best-effort (id, camera, seq, ts) of a possibly malformed entry, for its rejected event: each value that
+    is missing, mistyped or out of range becomes "", "", -1 or 0.0 (an over-long id is cut)."""
+    payload = (fields or {}).get(FRAME_FIELD, b"")
+    body: Any = None
+    if len(payload) <= max_payload_bytes:
+        try:
+            body = _unpack(payload, max_payload_bytes)
+        except Exception:
+            body = None
     body = body if isinstance(body, dict) else {}
 
-    def pick(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    def text(key: str, limit: int) -> str:
         value = body.get(key)
-        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+        return value[:limit] if isinstance(value, str) else ""
 
-    return pick("id", str, ""), pick("camera", str, ""), pick("seq", int, -1), float(pick("ts", (int, float), 0.0))
+    seq = body.get("seq")
+    seq = seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < MAX_SEQ else -1
+    ts = body.get("ts")
+    ts = float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts) and ts >= 0 \
+        else 0.0
+    return text("id", MAX_ID_CHARS), text("camera", MAX_CAMERA_CHARS), seq, ts
+
+
+def dead_letter_fields(fields: dict[bytes, bytes] | None, error: str, source_id: str, consumer: str,
+                       deliveries: int, max_bytes: int) -> list[bytes]:
+    """The dead-letter entry as a flat field/value list, the same for Redis and the in-memory twin.
+
+    The original fields come first, unchanged, so the frame can be re-sent as it was. Bounds keep one hostile
+    entry from costing unbounded memory or a Lua stack overflow: more than MAX_DEAD_FIELDS fields are kept as one
+    msgpack map in `fields`, and a value longer than `max_bytes` is cut (its length goes to `truncated`)."""
+    original = dict(fields or {})
+    cut = {k: len(v) for k, v in original.items() if len(v) > max_bytes}
+    original = {k: v[:max_bytes] for k, v in original.items()}
+    out: list[bytes] = []
+    reserved = {b"error", b"source_id", b"consumer", b"deliveries", b"fields", b"truncated"}
+    if len(original) > MAX_DEAD_FIELDS or reserved & set(original):
+        packed = msgpack.packb(original, use_bin_type=True)
+        if len(packed) > 4 * max_bytes:  # too big to keep whole: keep what it was made of
+            packed = msgpack.packb({k: len(v) for k, v in original.items()}, use_bin_type=True)
+            cut = {b"fields": len(packed)}
+        out += [b"fields", packed]
+    else:
+        for key, value in original.items():
+            out += [key, value]
+    out += [b"error", error.encode(), b"source_id", source_id.encode(), b"consumer", consumer.encode(),
+            b"deliveries", str(deliveries).encode()]
+    if cut:
+        out += [b"truncated", msgpack.packb({k: n for k, n in list(cut.items())[:MAX_DEAD_FIELDS]},
+                                            use_bin_type=True)]
+    return out

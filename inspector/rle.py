@@ -7,6 +7,8 @@ shifts every run by one pixel; tests pin the convention with real train.csv rows
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -37,6 +39,17 @@ def runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         edges = np.concatenate([edges, [flat.size]])
     starts = edges[::2]
     return starts + 1, edges[1::2] - starts
+
+
+def columns_first(masks: Any) -> Any:
+    """A mask's (or a batch of masks') pixels in Kaggle's order when flattened: the last two axes swapped, for
+    NumPy arrays and torch tensors alike (a view; `.reshape(..., -1)` then walks down each column first)."""
+    return masks.swapaxes(-1, -2)
+
+
+def from_runs(starts: np.ndarray, ends: np.ndarray) -> str:
+    """0-based [start, end) runs in column-major flat order (as `columns_first` walks them) -> Kaggle RLE."""
+    return runs_to_string(np.asarray(starts) + 1, np.asarray(ends) - np.asarray(starts))
 
 
 def runs_to_string(starts: np.ndarray, lengths: np.ndarray) -> str:

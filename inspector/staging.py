@@ -2,10 +2,11 @@
 
 Each slot is a host buffer [B, 1, H, W] uint8 (page-locked when the engine is on CUDA) and its device twin.
 Decode writes frames straight into the host buffer; `upload` copies the filled part to the device with a
-non-blocking copy on a side stream and records a CUDA event that the engine stream waits on, so the copy of
-batch k+1 overlaps the engine on batch k. A slot returns to the ring only when its batch is fully done, so
-buffers are reused and never reallocated or re-pinned. On the CPU the device buffer is the host buffer and
-`upload` is a view: one code path.
+non-blocking copy on a side stream and records `slot.ready`, which the engine stream waits on, so the copy of
+batch k+1 overlaps the engine on batch k. A slot goes back to the ring as soon as the engine has consumed its
+input (`release(slot, after=event)`), not after post-processing: `acquire` waits for that event before the host
+writes into the buffer again. Buffers are never reallocated or re-pinned. On the CPU the device buffer is the
+host buffer, `upload` is a view and events are None: one code path.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ class Slot:
     index: int
     host: torch.Tensor  # [B, 1, H, W] uint8, pinned on CUDA
     device: torch.Tensor  # same shape on the engine's device (the host tensor itself on CPU)
-    ready: torch.cuda.Event | None = None  # set by upload on CUDA
+    ready: torch.cuda.Event | None = None  # recorded by upload on CUDA: the copy is done
+    consumed: torch.cuda.Event | None = None  # set by release: the engine has read the device buffer
 
     def frame(self, i: int) -> np.ndarray:
         """Writable (H, W) NumPy view of frame i of the host buffer, for decode_into."""
         return self.host[i, 0].numpy()
+
+    def compact(self, keep: list[int]) -> None:
+        """Move frames `keep` (ascending) to rows 0.. in order: a batch with a rejected frame has no hole."""
+        for row, i in enumerate(keep):
+            if row != i:
+                self.host[row].copy_(self.host[i])
 
 
 class StagingRing:
@@ -45,11 +53,18 @@ class StagingRing:
             self._free.put(i)
 
     def acquire(self, timeout: float | None = None) -> Slot:
-        """The next free slot; blocks while every slot is in flight (back-pressure on the reader)."""
-        return self.slots[self._free.get(timeout=timeout)]
-
-    def release(self, slot: Slot) -> None:
+        """The next free slot whose device buffer the engine is done with; blocks while every slot is in flight
+        (back-pressure on the reader). queue.Empty after `timeout` seconds."""
+        slot = self.slots[self._free.get(timeout=timeout)]
+        if slot.consumed is not None:
+            slot.consumed.synchronize()
+            slot.consumed = None
         slot.ready = None
+        return slot
+
+    def release(self, slot: Slot, after: torch.cuda.Event | None = None) -> None:
+        """Give the slot back; on CUDA `after` marks when the engine has read its input."""
+        slot.consumed = after
         self._free.put(slot.index)
 
     @property
@@ -57,12 +72,11 @@ class StagingRing:
         return self._free.qsize()
 
     def upload(self, slot: Slot, n: int) -> torch.Tensor:
-        """The first n frames on the device; on CUDA the current stream will wait for the copy."""
+        """The first n frames on the device; the engine stream must wait on `slot.ready` before reading them."""
         if self.copy_stream is None:
             return slot.device[:n]
         with torch.cuda.stream(self.copy_stream):
             slot.device[:n].copy_(slot.host[:n], non_blocking=True)
             slot.ready = torch.cuda.Event()
             slot.ready.record(self.copy_stream)
-        torch.cuda.current_stream(self.device).wait_event(slot.ready)
         return slot.device[:n]

@@ -1,4 +1,8 @@
-"""Counters and stage timings of one worker, for the shutdown summary, the stats hash and `bench`."""
+"""Counters and stage timings of one worker, for the summary line, the stats hash, `bench` and Prometheus.
+
+Every count goes through here once; with `metrics` set the same call updates the Prometheus series, so the
+numbers an operator reads in the log, in Redis and on /metrics are the same numbers.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,22 @@ from collections import deque
 
 import numpy as np
 
+from inspector.metrics import Metrics
+
 STAGES = ("read", "decode", "stage", "infer", "postprocess", "publish")
+COUNTERS = ("frames", "ok", "rejected", "dead_lettered", "defects", "batches", "fenced_out", "seq_gaps",
+            "seq_resets", "reconnects", "implausible_ts", "engine_swaps", "engine_swaps_refused")
 
 
 class Stats:
-    def __init__(self, latency_window: int = 100_000) -> None:
+    def __init__(self, latency_window: int = 100_000, metrics: Metrics | None = None) -> None:
         self._lock = threading.Lock()
+        self.metrics = metrics
         self.started = time.monotonic()
-        self.counters: dict[str, int] = dict.fromkeys(
-            ("frames", "ok", "rejected", "dead_lettered", "defects", "batches", "fenced_out", "seq_gaps",
-             "reconnects"), 0)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.stage_s: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.infer_frames = 0
         self.latencies_ms: deque[float] = deque(maxlen=latency_window)
-        self._last_seq: dict[str, int] = {}
         self.first_ts: float | None = None  # earliest capture time of a published frame (unix s)
         self.last_done_ts: float | None = None  # latest publish time (unix s)
 
@@ -29,27 +35,49 @@ class Stats:
         with self._lock:
             for key, value in counts.items():
                 self.counters[key] += value
+        m = self.metrics
+        if m is None:
+            return
+        for key, value in counts.items():
+            if not value:
+                continue
+            if key in _SERIES:
+                getattr(m, _SERIES[key]).inc(value)
+            elif key in ("ok", "rejected"):
+                m.events.labels(status=key).inc(value)
+            elif key in ("engine_swaps", "engine_swaps_refused"):
+                m.engine_swaps.labels(result="done" if key == "engine_swaps" else "refused").inc(value)
+
+    def defects(self, class_ids: list[int]) -> None:
+        self.add(defects=len(class_ids))
+        if self.metrics is not None:
+            for class_id in class_ids:
+                self.metrics.defects.labels(class_id=str(class_id)).inc()
 
     def time(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.stage_s[stage] += seconds
+        if self.metrics is not None:
+            self.metrics.stage.labels(stage=stage).observe(seconds)
+
+    def inferred(self, frames: int, seconds: float) -> None:
+        """One engine batch: its size and how long the engine took."""
+        self.time("infer", seconds)
+        with self._lock:
+            self.infer_frames += frames
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(frames)
+            if seconds > 0:
+                self.metrics.engine_fps.set(frames / seconds)
 
     def published(self, capture_ts: float, done_ts: float) -> None:
-        """One frame's event is out: capture-to-event latency and the span of the run."""
+        """One ok frame's event is out: capture-to-event latency and the span of the run."""
         self.latencies_ms.append((done_ts - capture_ts) * 1000.0)
         with self._lock:
             self.first_ts = capture_ts if self.first_ts is None else min(self.first_ts, capture_ts)
             self.last_done_ts = done_ts if self.last_done_ts is None else max(self.last_done_ts, done_ts)
-
-    def seq(self, camera: str, seq: int) -> int:
-        """Record a camera's sequence number; returns how many frames are missing before it (0 if none)."""
-        with self._lock:
-            last = self._last_seq.get(camera)
-            if last is None or seq > last:
-                self._last_seq[camera] = seq
-            missing = seq - last - 1 if last is not None and seq > last + 1 else 0
-            self.counters["seq_gaps"] += missing
-            return missing
+        if self.metrics is not None:
+            self.metrics.latency.observe(max(done_ts - capture_ts, 0.0))
 
     def percentile(self, q: float) -> float | None:
         values = list(self.latencies_ms)
@@ -72,3 +100,7 @@ class Stats:
         return (f"frames={s['frames']} ok={s['ok']} rejected={s['rejected']} dead={s['dead_lettered']} "
                 f"defects={s['defects']} gaps={s['seq_gaps']} fps={s['fps']} "
                 f"p50={s.get('latency_ms_p50', '-')}ms p99={s.get('latency_ms_p99', '-')}ms")
+
+
+_SERIES = {"frames": "frames", "dead_lettered": "dead_letters", "fenced_out": "fenced_out", "seq_gaps": "seq_gaps",
+           "seq_resets": "seq_resets", "reconnects": "reconnects", "implausible_ts": "implausible_ts"}

@@ -1,10 +1,12 @@
-"""Shared fixtures: a private redis-server on a free port, a tiny real engine built by `trainer build-engine`,
-real Severstal sample data. Markers: gpu (skips without CUDA), tensorrt (skips without the package), redis,
-slow."""
+"""Shared fixtures and helpers: private redis-servers on free ports, tiny real engines built by `trainer
+build-engine`, real Severstal sample data, worker processes. Markers: gpu (skips without CUDA), tensorrt (skips
+without the package), redis, slow."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +86,60 @@ def tiny_engine(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path)
     return engines / "current"
 
 
+@pytest.fixture(scope="session")
+def tiny_engine_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny engine (other weights, other id) in its own engines folder, for engine swaps."""
+    from inspector import synth
+    from inspector.model import build as build_model
+    from trainer.build_engine import build
+    from trainer.train import save_checkpoint
+
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("ckpt-b") / "tiny-b.pt"
+    save_checkpoint(path, build_model(TINY_SPEC), postprocess={"thresholds": [0.5] * 4, "min_component_area": [10] * 4,
+                                                               "min_class_area": [20] * 4,
+                                                               "presence_threshold": [0.0] * 4})
+    engines = tmp_path_factory.mktemp("engines-b")
+    frames = torch.from_numpy(np.stack([synth.frame(1, i).image for i in range(2)]))[:, None]
+    return build(path, frames, engines, "onnx", max_batch=8)
+
+
 @pytest.fixture
 def worker_env(tiny_engine: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# -- helpers shared by the Redis and service tests ------------------------------------------------------------
+
+def make_cfg(url: str, engine: Path, **over: object):
+    """A worker config for tests: small batches, short waits, a fixed consumer name."""
+    from inspector import config
+
+    return config.load(None, url, engine__path=str(engine), batching__batch_size=4, batching__max_wait_ms=5.0,
+                       redis__block_ms=100, redis__consumer=over.pop("consumer", "test-worker"), **over)
+
+
+def events(client: redis.Redis, key: str = "inspect:events") -> list[dict]:
+    from inspector.protocol import EVENT_FIELD, unpack_event
+
+    return [unpack_event(f[EVENT_FIELD]) for _, f in client.xrange(key)]
+
+
+def drain(pipe) -> None:
+    while pipe.step():
+        pass
+
+
+def worker_cmd(url: str, engine: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "inspector.cli", "run", "--redis-url", url, "--engine", str(engine),
+            "--batch-size", "4", "--threads", "1", *extra]
+
+
+def wait_for(condition, timeout: float = 120.0, what: str = "condition", every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)

@@ -99,13 +99,13 @@ def test_install_is_atomic_and_keeps_the_old_engine(tiny_checkpoint, tmp_path) -
 def test_torch_backend_from_kept_checkpoint_matches_onnx(tiny_engine) -> None:
     folder = engines.load(tiny_engine)
     x = frames(2)
-    with backends.create(folder, "torch", "cpu") as t, backends.create(folder, "onnxruntime", "cpu") as o:
+    with backends.load(folder, "torch", "cpu") as t, backends.load(folder, "onnxruntime", "cpu") as o:
         a, b = t.infer(x), o.infer(x)
     assert float((a.probs - b.probs).abs().max()) < 1e-4
 
 
 def test_backend_input_checks(tiny_engine) -> None:
-    with backends.create(engines.load(tiny_engine)) as b, pytest.raises(EngineError, match="uint8"):
+    with backends.load(engines.load(tiny_engine)) as b, pytest.raises(EngineError, match="uint8"):
         b.infer(torch.zeros((1, 1, 256, 1600), dtype=torch.float32))
 
 
@@ -125,20 +125,13 @@ def test_tensorrt_mismatch_names_the_fix() -> None:
                      "NVIDIA H200", "9.0")
 
 
-def test_unknown_backend_lists_the_valid_ones(tiny_engine) -> None:
-    from inspector.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="onnxruntime"):
-        backends.create(engines.load(tiny_engine), "tflite")
-
-
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_torch(tiny_checkpoint, tmp_path) -> None:
     folder = build(tiny_checkpoint, frames(4), tmp_path / "engines", "tensorrt", max_batch=8, opt_batch=4)
     engine = engines.load(folder)
     x = frames(4)
-    with backends.create(engine, "tensorrt", "cuda") as trt_b, backends.create(engine, "torch", "cuda") as torch_b:
+    with backends.load(engine, "tensorrt", "cuda") as trt_b, backends.load(engine, "torch", "cuda") as torch_b:
         a, b = trt_b.infer(x.cuda()), torch_b.infer(x.cuda())
     t = torch.tensor(engine.manifest.postprocess["thresholds"], device="cuda").view(1, 4, 1, 1)
     ma, mb = a.probs.float() > t, b.probs.float() > t
@@ -152,8 +145,8 @@ def test_tensorrt_engine_matches_torch(tiny_checkpoint, tmp_path) -> None:
 def test_torch_fp16_masks_match_fp32(tiny_engine) -> None:
     engine = engines.load(tiny_engine)
     x = frames(4).cuda()
-    with backends.create(engine, "torch", "cuda", fp16=True) as half, \
-            backends.create(engine, "torch", "cuda", fp16=False) as full:
+    with backends.load(engine, "torch", "cuda", fp16=True) as half, \
+            backends.load(engine, "torch", "cuda", fp16=False) as full:
         a, b = half.infer(x), full.infer(x)
     ma, mb = a.probs.float() > 0.5, b.probs > 0.5
     inter = (ma & mb).sum(dim=(0, 2, 3)).float()
@@ -166,5 +159,5 @@ def test_torch_format_engine_runs_through_auto_backend(tiny_checkpoint, tmp_path
     folder = build(tiny_checkpoint, frames(), tmp_path / "engines", "torch", install=False)
     engine = engines.load(folder)
     assert engine.manifest.format == "torch" and engine.file.name == "checkpoint.pt"
-    with backends.create(engine) as b:
+    with backends.load(engine) as b:
         assert b.name == "torch" and b.infer(frames(1)).probs.shape == (1, 4, 256, 1600)

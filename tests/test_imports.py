@@ -30,7 +30,7 @@ def test_every_module_imports_with_tensorrt_missing() -> None:
 def test_tensorrt_backend_says_how_to_get_tensorrt(tiny_engine) -> None:
     code = ("import sys; sys.modules['tensorrt'] = None\n"
             "from inspector import engines, backends\n"
-            f"b = backends.create(engines.load({str(tiny_engine)!r}), 'tensorrt', 'cpu')\n"
+            f"b = backends.create(engines.load({str(tiny_engine)!r}), backends.Choice('tensorrt', 'cuda', ''))\n"
             "try:\n    b.activate()\nexcept Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "EngineError" in out.stdout and "tensorrt" in out.stdout

@@ -82,7 +82,7 @@ def test_agrees_with_direct_inference(pipe_and_streams, tiny_checkpoint) -> None
     model, _ = load_checkpoint(str(tiny_checkpoint))
     with torch.inference_mode():
         probs, presence = model(torch.from_numpy(np.stack(images))[:, None])
-    want = analyse_cpu(probs.numpy(), presence.numpy(), pipe.params)
+    want = analyse_cpu(probs.numpy(), presence.numpy(), pipe.engine.params)
     got = [unpack_event(e)["defects"] for e in streams.events]
     # ONNX Runtime vs PyTorch float differences may flip a pixel at the threshold; areas agree closely
     for w, g in zip(want, got, strict=True):
@@ -95,9 +95,10 @@ def test_postprocess_from_manifest_unless_config_overrides(tiny_engine) -> None:
     from inspector.postprocess import PostprocessParams
 
     pipe = from_config(config.load(engine__path=str(tiny_engine)), MemoryStreams())
-    assert pipe.params.min_component_area == (10, 10, 10, 10)  # tuned values stored in the manifest
-    assert pipe.params.min_class_area == (20, 20, 20, 20)
+    assert pipe.engine.params.min_component_area == (10, 10, 10, 10)  # tuned values stored in the manifest
+    assert pipe.engine.params.min_class_area == (20, 20, 20, 20)
     over = from_config(config.load(engine__path=str(tiny_engine), postprocess__min_class_area=[1, 2, 3, 4]),
                        MemoryStreams())
-    assert over.params.min_class_area == (1, 2, 3, 4) and over.params.min_component_area == (10, 10, 10, 10)
+    assert over.engine.params.min_class_area == (1, 2, 3, 4)
+    assert over.engine.params.min_component_area == (10, 10, 10, 10)
     assert PostprocessParams.resolve(None, None) == PostprocessParams()  # no manifest values: the defaults

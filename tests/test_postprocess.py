@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inspector.postprocess import PostprocessParams, analyse_cpu, analyse_torch, clean
-from inspector.postprocess.components import label_cpu, label_torch
+from inspector.postprocess import clean
+from inspector.postprocess.components import label_cpu
 from inspector.postprocess.masks import clean_class
 from inspector.rle import encode
 
@@ -115,106 +114,3 @@ def test_results_do_not_share_the_per_thread_scratch() -> None:
     assert np.array_equal(first.mask, expected) and first.rle() == encode(expected)
     both = clean(np.stack([a, b]), [0.5, 0.5], [3, 3])
     assert np.array_equal(both[0], expected) and np.array_equal(both[1], per_component(b, 0.5, 3, 0)[0])
-
-
-# --- the torch twin against the reference --------------------------------------------------------------------
-
-def spiral(h: int, w: int) -> np.ndarray:
-    """One connected one-pixel-wide square spiral filling the frame (worst case for label propagation)."""
-    m = np.zeros((h, w), bool)
-    top, left, bottom, right = 0, 0, h - 1, w - 1
-    while top <= bottom and left <= right:
-        m[top, left:right + 1] = True
-        m[top:bottom + 1, right] = True
-        if bottom - top >= 2:
-            m[bottom, left:right + 1] = True
-        if right - left >= 2 and bottom - top >= 4:
-            m[top + 2:bottom + 1, left] = True
-        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
-        if top <= bottom and left - 2 >= 0:
-            m[top - 1, left - 2] = True  # connect this ring to the next
-    return m
-
-
-def adversarial(h: int, w: int) -> dict[str, np.ndarray]:
-    yy, xx = np.mgrid[:h, :w]
-    line = np.zeros((h, w), bool)
-    line[h // 2, :] = True
-    vline = np.zeros((h, w), bool)
-    vline[:, w // 3] = True
-    diag = np.zeros((h, w), bool)
-    diag[np.arange(h), (np.arange(h) * 3) % w] = True
-    return {"spiral": spiral(h, w), "line_across": line, "vertical_line": vline, "diagonal_steps": diag,
-            "checkerboard": (yy + xx) % 2 == 0, "full": np.ones((h, w), bool), "empty": np.zeros((h, w), bool)}
-
-
-@pytest.mark.parametrize("name", list(adversarial(8, 8)))
-def test_label_torch_matches_cv2_partition(name: str) -> None:
-    m = adversarial(H, W)[name]
-    ref, stats = label_cpu(m)
-    got = label_torch(torch.from_numpy(m)[None])[0].numpy()
-    assert ((got > 0) == m).all()
-    # same partition: a bijection between labels
-    pairs = np.unique(np.stack([ref[m], got[m]]), axis=1) if m.any() else np.zeros((2, 0))
-    assert pairs.shape[1] == len(stats) - 1 == len(np.unique(got[m]))
-
-
-def assert_same(a: list, b: list) -> None:
-    assert len(a) == len(b)
-    for fa, fb in zip(a, b, strict=True):
-        assert [d.class_id for d in fa] == [d.class_id for d in fb]
-        for da, db in zip(fa, fb, strict=True):
-            assert da.rle == db.rle and da.area == db.area and da.components == db.components
-            assert da.score == pytest.approx(db.score, rel=1e-5)
-
-
-def random_maps(seed: int, n: int, h: int, w: int) -> np.ndarray:
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, 4, h, w), np.float32)
-    for i in range(n):
-        for k in range(4):
-            m = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 3)
-            out[i, k] = (m - m.min()) / (m.max() - m.min())
-    return out
-
-
-PARAMS = PostprocessParams(thresholds=(0.55, 0.6, 0.5, 0.65), min_component_area=(3, 8, 1, 20),
-                           min_class_area=(10, 30, 0, 50), presence_threshold=(0.3, 0.5, 0.0, 0.7))
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_torch_twin_matches_cpu_on_random_maps(seed: int) -> None:
-    probs = random_maps(seed, 2, H, W)
-    presence = np.random.default_rng(seed).random((2, 4)).astype(np.float32)
-    assert_same(analyse_cpu(probs, presence, PARAMS),
-                analyse_torch(torch.from_numpy(probs), torch.from_numpy(presence), PARAMS))
-
-
-def test_torch_twin_matches_cpu_on_adversarial_shapes_and_touching_classes() -> None:
-    shapes = list(adversarial(H, W).values())
-    probs = np.full((len(shapes), 4, H, W), 0.1, np.float32)
-    for i, m in enumerate(shapes):
-        probs[i, 0][m] = 0.9
-        probs[i, 1][~m] = 0.8  # the complement in another class: touching classes
-        probs[i, 2] = np.where(np.roll(m, 1, axis=1), 0.7, 0.2)
-    assert_same(analyse_cpu(probs, None, PARAMS), analyse_torch(torch.from_numpy(probs), None, PARAMS))
-
-
-@pytest.mark.gpu
-def test_gpu_twin_matches_cpu_full_frames() -> None:
-    probs = random_maps(7, 4, 256, 1600)
-    shapes = adversarial(256, 1600)
-    for i, name in enumerate(("spiral", "line_across", "checkerboard", "diagonal_steps")):
-        probs[i, 3] = np.where(shapes[name], 0.95, 0.05)
-    presence = np.random.default_rng(7).random((4, 4)).astype(np.float32)
-    got = analyse_torch(torch.from_numpy(probs).cuda(), torch.from_numpy(presence).cuda(), PARAMS)
-    assert_same(analyse_cpu(probs, presence, PARAMS), got)
-
-
-@pytest.mark.gpu
-def test_gpu_rle_matches_cpu_rle_fp16_maps() -> None:
-    probs16 = torch.from_numpy(random_maps(3, 2, 256, 1600)).half()
-    want = analyse_cpu(probs16.float().numpy(), None, PARAMS)
-    assert_same(want, analyse_torch(probs16.cuda(), None, PARAMS))

@@ -43,7 +43,19 @@ def test_ring_pinned_and_ordered_on_cuda() -> None:
         for i in range(4):
             slot.frame(i)[...] = (k * 4 + i) % 256
         dev = ring.upload(slot, 4)
-        out.append(dev.float().mean(dim=(1, 2, 3)).cpu())  # runs on the current stream, after the copy
-        ring.release(slot)
+        torch.cuda.current_stream().wait_event(slot.ready)  # the engine stream's wait, as in the pipeline
+        out.append(dev.float().mean(dim=(1, 2, 3)).cpu())
+        consumed = torch.cuda.Event()
+        consumed.record()
+        ring.release(slot, after=consumed)  # handed out again only once this stream has read it
     torch.cuda.synchronize()
     assert np.array_equal(torch.stack(out).numpy().ravel(), np.arange(24, dtype=np.float32))
+
+
+def test_compact_closes_the_holes_of_rejected_frames() -> None:
+    ring = StagingRing(2, 4, 2, 3, "cpu")
+    slot = ring.acquire()
+    for i in range(4):
+        slot.frame(i)[...] = i
+    slot.compact([1, 3])  # frames 0 and 2 were rejected by the decoder
+    assert [int(slot.frame(i)[0, 0]) for i in range(2)] == [1, 3]

@@ -16,9 +16,9 @@ def tiny_data(tmp_path_factory):
 
 
 def cfg(data, out, **over) -> TrainConfig:
-    base = {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": (16, 16, 16, 8, 8), "scale": 0.5,
+    base = {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": [16, 16, 16, 8, 8], "scale": 0.5,
             "batch_size": 4, "crop_width": 256, "lr": 3e-3, "val_fraction": 0.25, "device": "cpu"}
-    return TrainConfig(data=str(data), out=str(out), **{**base, **over})
+    return TrainConfig.from_sources(None, data=str(data), out=str(out), **{**base, **over})
 
 
 def test_few_steps_lower_the_loss_and_save(tiny_data, tmp_path) -> None:
@@ -36,7 +36,7 @@ def test_deterministic_on_cpu_and_resumable(tiny_data, tmp_path) -> None:
     assert a["step"] == 2 and a["history"] == b["history"]  # deterministic with a seed on CPU
     c = train(cfg(tiny_data, tmp_path / "c", max_steps=8), resume=str(tmp_path / "a" / "last.pt"), progress=False)
     assert c["step"] == 8 and c["history"][:2] == a["history"] and len(c["history"]) == 8
-    ckpt = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "c" / "last.pt", weights_only=True)  # optimizer state too: plain values
     assert ckpt["state"]["step"] == 8
 
 
@@ -100,3 +100,61 @@ def test_encoder_weights_from_a_local_file(tmp_path) -> None:
     torch.save({"unrelated": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(ConfigError, match="no weights"):
         load_encoder_weights(loaded.unet, TINY_SPEC["encoder"], str(tmp_path / "wrong.pth"))
+
+
+def test_trainer_config_typo_is_one_line(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from trainer.cli import main as trainer_main
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("epochz: 3\n")
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    result = CliRunner().invoke(trainer_main, ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"),
+                                               "--config", str(bad)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "'epochz'" in lines[0] and "epochs" in lines[0]
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path, tiny_checkpoint) -> None:
+    import argparse
+
+    from inspector.errors import EngineError
+    from inspector.model import load_checkpoint
+
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["planted"] = argparse.Namespace(run="anything")  # an object: unpickling it could run code
+    torch.save(ckpt, tmp_path / "planted.pt")
+    with pytest.raises(EngineError, match="pickled Python objects"):
+        load_checkpoint(str(tmp_path / "planted.pt"))
+
+
+def test_imagenet_weights_load_with_no_missing_encoder_keys() -> None:
+    from inspector.model import ModelSpec, build
+    from trainer.pretrained import load_encoder_weights
+
+    spec = ModelSpec(encoder="tu-tf_efficientnet_lite0", decoder_channels=(16, 16, 16, 8, 8), scale=0.5)
+    torch.manual_seed(0)
+    model = build(spec).eval()
+    x = torch.rand(1, 1, 64, 128)
+    with torch.no_grad():
+        before = model.unet.encoder(x)[-1].clone()
+    missing = load_encoder_weights(model.unet, spec.encoder, "imagenet")
+    with torch.no_grad():
+        after = model.unet.encoder(x)[-1]
+    assert missing == []  # every encoder tensor came from the package
+    assert not torch.allclose(before, after)
+    stem = model.unet.encoder.model.conv_stem.weight
+    assert stem.shape[1] == 1  # RGB filters summed into the one gray channel
+
+
+def test_lukemelas_keys_map_onto_timm_strictly() -> None:
+    import timm
+
+    from trainer.pretrained import _lite0_file, lukemelas_to_timm
+
+    state = torch.load(_lite0_file(), map_location="cpu", weights_only=True)
+    for name in ("tf_efficientnet_lite0", "efficientnet_lite0"):
+        net = timm.create_model(name, pretrained=False)
+        net.load_state_dict(lukemelas_to_timm(state, list(net.state_dict())), strict=True)

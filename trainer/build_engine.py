@@ -63,7 +63,7 @@ def parity(model: InspectionNet, folder: Path, frames: torch.Tensor, thresholds:
            backend: str, device: str, batch: int = 4) -> Parity:
     """Per-class Dice of thresholded masks, engine vs FP32 PyTorch, summed over `frames`."""
     engine = engines.load(folder)
-    runner = backends.create(engine, backend, device).activate()
+    runner = backends.create(engine, backends.Choice(backend, device, "parity gate")).activate()
     t = torch.tensor(thresholds, dtype=torch.float32).view(1, -1, 1, 1)
     inter = np.zeros(len(thresholds))
     total = np.zeros(len(thresholds))
@@ -86,7 +86,7 @@ def parity(model: InspectionNet, folder: Path, frames: torch.Tensor, thresholds:
 
 
 def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path = "engines", fmt: str = "auto",
-          onnx_path: str | Path | None = None, max_batch: int = 32, opt_batch: int = 16, install: bool = True,
+          onnx_path: str | Path | None = None, max_batch: int = 32, opt_batch: int = 8, install: bool = True,
           keep_checkpoint: bool = True) -> Path:
     """Build, check and (by default) install an engine; returns its folder. EngineError when parity fails."""
     checkpoint = Path(checkpoint)
@@ -112,30 +112,30 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
         if fmt == "tensorrt":
             fp16 = export_onnx(model, staging / "model.fp16.onnx", height, width, max_batch, half=True, metadata=meta)
             trt_versions = tensorrt_build.build_plan(fp16, staging / "model.plan", INPUT, height, width, max_batch,
-                                                     opt_batch, root / ".timing-cache")
+                                                     opt_batch, tensorrt_build.timing_cache_path(root))
             fp16.unlink()
             if fp32.parent == staging:
                 fp32.unlink()
             props = torch.cuda.get_device_properties(0)
             gpu = {"name": props.name, "capability": f"{props.major}.{props.minor}"}
-            engine_file, precision, backend, device = "model.plan", "fp16", "tensorrt", "cuda"
+            engine_file, precision, device = "model.plan", "fp16", "cuda"
         elif fmt == "torch":  # PyTorch backend, FP16 on CUDA
             trt_versions = {}
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            engine_file, precision, backend = "checkpoint.pt", "fp16" if device == "cuda" else "fp32", "torch"
+            engine_file, precision = "checkpoint.pt", "fp16" if device == "cuda" else "fp32"
             keep_checkpoint = True
         else:
             if fp32.parent != staging:
                 shutil.copyfile(fp32, staging / "model.onnx")
             trt_versions = {}
-            engine_file, precision, backend, device = "model.onnx", "fp32", "onnxruntime", "cpu"
+            engine_file, precision, device = "model.onnx", "fp32", "cpu"
         if keep_checkpoint:
             shutil.copyfile(checkpoint, staging / "checkpoint.pt")
         tuned = PostprocessParams.resolve(None, ckpt.get("postprocess"))
         manifest = _manifest(engine_id, fmt, engine_file, precision, staging, height, width, max_batch, tuned,
                              digest, checkpoint, ckpt, trt_versions, gpu, keep_checkpoint)
         (staging / engines.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        check = parity(model, staging, frames, tuned.thresholds, backend, device)
+        check = parity(model, staging, frames, tuned.thresholds, backends.NATIVE[fmt], device)
         manifest["parity"] = {"dice_per_class": [round(d, 5) for d in check.dice], "frames": check.frames,
                               "max_abs_prob_diff": check.max_abs_diff, "min_dice": MIN_DICE}
         if not check.ok:

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from inspector.engines import FORMATS
 from inspector.errors import InspectorError
 
 
@@ -184,17 +185,19 @@ def export(checkpoint: str, out: str, fp16: bool, max_batch: int) -> None:
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Use this FP32 export instead of exporting anew.")
 @click.option("--engines", "engines_dir", default="engines", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["auto", "onnx", "tensorrt", "torch"]), default="auto",
+@click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto",
               help="auto: a TensorRT plan where TensorRT and a GPU are present, else ONNX for ONNX Runtime; "
                    "torch: the checkpoint itself, for the PyTorch backend (FP16 on CUDA).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
               help="Frames for the parity gate (default: 8 synthetic frames).")
 @click.option("--parity-frames", type=int, default=8)
 @click.option("--max-batch", type=int, default=32)
+@click.option("--opt-batch", type=int, default=8,
+              help="TensorRT profile optimum: the worker's batching.batch_size (default 8).")
 @click.option("--no-install", is_flag=True, help="Build and check, but leave engines/current alone.")
 @handled
 def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: str, data: str | None,
-                 parity_frames: int, max_batch: int, no_install: bool) -> None:
+                 parity_frames: int, max_batch: int, opt_batch: int, no_install: bool) -> None:
     """Build the engine the worker loads, check parity, install it atomically as engines/current."""
     import numpy as np
     import torch
@@ -208,7 +211,7 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
     else:
         images = [synth.frame(12345, i).image for i in range(parity_frames)]
     frames = torch.from_numpy(np.stack(images))[:, None]
-    folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, install=not no_install)
+    folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, opt_batch, install=not no_install)
     click.echo(f"{'built' if no_install else 'installed'} {folder}")
 
 

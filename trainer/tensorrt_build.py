@@ -27,8 +27,19 @@ def available() -> bool:
     return torch.cuda.is_available()
 
 
+def timing_cache_path(folder: Path) -> Path:
+    """The timing cache for this TensorRT version and this GPU's compute capability: a cache from another
+    version or GPU would be refused (ignore_mismatch=False) or, worse, mislead the tactic choice."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return folder / f".timing-cache-trt{trt.__version__}-sm{major}{minor}"
+
+
 def build_plan(onnx_path: Path, plan_path: Path, input_name: str, height: int, width: int, max_batch: int,
                opt_batch: int, timing_cache: Path, workspace_gib: float = 8.0) -> dict[str, Any]:
+    """Build and write the plan; `opt_batch` (the worker's batching.batch_size) is the profile's optimum."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from inspector.model import InspectionNet
-from inspector.postprocess import PostprocessParams
+from inspector.postprocess import PostprocessParams, rules
 from inspector.postprocess.components import label_cpu
+from inspector.postprocess.rules import f32
 from trainer.data import Sample, masks_of
 from trainer.evaluate import predict
 
@@ -40,7 +41,7 @@ def tune(model: InspectionNet, samples: list[Sample], device: torch.device | str
         for k in range(4):
             p = probs[k].astype(np.float32)
             for t in THRESHOLDS:
-                labels, comp = label_cpu(p > np.float32(t))
+                labels, comp = label_cpu(rules.foreground(p, f32(t)))
                 overlap = np.bincount(labels[truth[k]], minlength=len(comp))
                 stats[k][t].append((comp[1:, 4], overlap[1:], int(truth[k].sum()), float(presence[k])))
     best: dict[str, list[Any]] = {"thresholds": [], "min_component_area": [], "min_class_area": [],
@@ -65,9 +66,9 @@ def _class_score(rows: list[tuple[np.ndarray, np.ndarray, int, float]], min_comp
                  presence: float, weights: list[float]) -> float:
     total = 0.0
     for (areas, overlaps, truth_area, pres), weight in zip(rows, weights, strict=True):
-        keep = areas >= min_comp
+        keep = rules.keep_components(areas, min_comp)
         area = int(areas[keep].sum())
-        if np.float32(pres) < np.float32(presence) or area < max(min_class, 1):
+        if not rules.present(f32(pres), f32(presence)) or not rules.keep_class(area, min_class):
             area, inter = 0, 0
         else:
             inter = int(overlaps[keep].sum())

@@ -1,43 +1,152 @@
-"""Backends behind one interface (`base.Backend`), chosen by name from a registry.
+"""Backends behind one interface (`base.Backend`), and the one table that says which runs what, where.
 
-The registry maps names to import paths, so importing it never imports tensorrt or onnxruntime: each
-backend module is imported when it is asked for.
+    BACKENDS      backend -> module:class (imported when asked for: importing this never imports tensorrt or
+                  onnxruntime), the engine formats it can run and the devices it can run on
+    NATIVE        engine format -> the backend its file was built for
+    resolve()     (format, checkpoint kept?, engine.backend, engine.device, what this host has) -> the choice and
+                  why, in words for the start-up line
+
+Config validation, the CLI's choices, `create()` and `trainer build-engine` all read these tables. The torch
+backend runs any engine folder that keeps its checkpoint, so an ONNX engine still runs on a CUDA machine
+without ONNX Runtime's CUDA provider (FP16, from the checkpoint).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+from dataclasses import dataclass
 
 import torch
 
 from inspector.backends.base import Backend, EngineOutput
-from inspector.engines import FORMATS, EngineFolder
+from inspector.engines import EngineFolder
 from inspector.errors import ConfigError
 
-REGISTRY: dict[str, str] = {
-    "torch": "inspector.backends.torch_backend:TorchBackend",
-    "onnxruntime": "inspector.backends.onnxruntime_backend:OnnxRuntimeBackend",
-    "tensorrt": "inspector.backends.tensorrt_backend:TensorRTBackend",
+
+@dataclass(frozen=True)
+class BackendInfo:
+    target: str  # module:Class
+    formats: tuple[str, ...]  # engine formats it runs ("checkpoint": any folder that keeps its checkpoint)
+    devices: tuple[str, ...]
+
+
+BACKENDS: dict[str, BackendInfo] = {
+    "torch": BackendInfo("inspector.backends.torch_backend:TorchBackend", ("torch", "checkpoint"), ("cpu", "cuda")),
+    "onnxruntime": BackendInfo("inspector.backends.onnxruntime_backend:OnnxRuntimeBackend", ("onnx",),
+                               ("cpu", "cuda")),
+    "tensorrt": BackendInfo("inspector.backends.tensorrt_backend:TensorRTBackend", ("tensorrt",), ("cuda",)),
 }
+NATIVE = {"onnx": "onnxruntime", "tensorrt": "tensorrt", "torch": "torch"}  # engine format -> its own backend
+DEVICES = ("cpu", "cuda")
 
-__all__ = ["REGISTRY", "Backend", "EngineOutput", "create", "resolve_device"]
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("engine.device is 'cuda' but torch sees no CUDA device: set engine.device to cpu "
-                          "or auto, or run on a machine with an NVIDIA GPU and a CUDA build of torch")
-    return device
+__all__ = ["BACKENDS", "DEVICES", "NATIVE", "Backend", "Choice", "EngineOutput", "Host", "create", "resolve"]
 
 
-def create(engine: EngineFolder, backend: str = "auto", device: str = "auto", threads: int = 0,
-           fp16: bool = True) -> Backend:
-    """A backend for `engine`; `auto` picks the one matching the engine file's format."""
-    name = FORMATS[engine.manifest.format] if backend == "auto" else backend
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown engine.backend '{name}': valid backends are auto, {', '.join(REGISTRY)}")
-    module_name, cls_name = REGISTRY[name].split(":")
+@dataclass(frozen=True)
+class Host:
+    """What this machine offers a backend."""
+
+    cuda: bool
+    ort_cuda: bool  # ONNX Runtime with its CUDA execution provider (onnxruntime-gpu)
+    tensorrt: bool
+
+    @classmethod
+    @functools.cache
+    def detect(cls) -> Host:
+        cuda = torch.cuda.is_available()
+        ort_cuda = trt = False
+        if cuda:
+            try:
+                import onnxruntime
+
+                ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+            except ImportError:
+                pass
+            try:
+                import tensorrt  # noqa: F401
+
+                trt = True
+            except ImportError:
+                pass
+        return cls(cuda, ort_cuda, trt)
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    device: str
+    why: str
+
+
+def runs(backend: str, fmt: str, has_checkpoint: bool) -> bool:
+    formats = BACKENDS[backend].formats
+    return fmt in formats or ("checkpoint" in formats and has_checkpoint)
+
+
+def _on(backend: str, device: str, host: Host) -> bool:
+    """Can `backend` run on `device` on this host?"""
+    if device not in BACKENDS[backend].devices:
+        return False
+    if device == "cuda":
+        return host.cuda and (backend != "onnxruntime" or host.ort_cuda) and (backend != "tensorrt" or host.tensorrt)
+    return True
+
+
+def resolve(fmt: str, has_checkpoint: bool, backend: str = "auto", device: str = "auto",
+            host: Host | None = None) -> Choice:
+    """Which backend runs an engine of format `fmt` on which device, and why; ConfigError says what to change."""
+    host = host or Host.detect()
+    if device == "cuda" and not host.cuda:
+        raise ConfigError("engine.device is 'cuda' but torch sees no CUDA device: set engine.device to cpu or auto, "
+                          "or run on a machine with an NVIDIA GPU and a CUDA build of torch")
+    devices = [device] if device != "auto" else (["cuda", "cpu"] if host.cuda else ["cpu"])
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown engine.backend '{backend}': valid backends are auto, {', '.join(BACKENDS)}")
+        if not runs(backend, fmt, has_checkpoint):
+            raise ConfigError(f"engine.backend '{backend}' cannot run a {fmt} engine"
+                              + (" that keeps no checkpoint" if backend == "torch" else "")
+                              + f": use engine.backend auto (or {NATIVE[fmt]})")
+        for dev in devices:
+            if _on(backend, dev, host):
+                return Choice(backend, dev, "engine.backend and engine.device as configured"
+                              if device != "auto" else f"engine.backend {backend}; device auto")
+        raise ConfigError(f"engine.backend '{backend}' cannot run on {' or '.join(devices)} here"
+                          + (": install onnxruntime-gpu for its CUDA provider" if backend == "onnxruntime" else "")
+                          + (": install the tensorrt extra" if backend == "tensorrt" and host.cuda else "")
+                          + "; set engine.device or engine.backend to auto")
+    native = NATIVE[fmt]
+    for dev in devices:
+        if _on(native, dev, host):
+            why = f"the engine's own runtime on {dev}"
+            if dev == "cpu" and host.cuda and native == "onnxruntime" and not has_checkpoint:
+                why += " (ONNX Runtime has no CUDA provider here and the folder keeps no checkpoint for torch)"
+            return Choice(native, dev, why)
+        if has_checkpoint and _on("torch", dev, host):
+            return Choice("torch", dev, f"{native} cannot run on {dev} here"
+                          + (" (no CUDA provider in ONNX Runtime)" if native == "onnxruntime" else "")
+                          + (" (TensorRT is not installed)" if native == "tensorrt" and dev == "cuda" else "")
+                          + f": the engine folder's checkpoint on torch {dev}"
+                          + (" in FP16" if dev == "cuda" else ""))
+    raise ConfigError(f"no backend can run this {fmt} engine on {' or '.join(devices)}"
+                      + ("" if has_checkpoint else " and its folder keeps no checkpoint for torch")
+                      + ": rebuild it with `trainer build-engine` on this machine")
+
+
+def create(engine: EngineFolder, choice: Choice, threads: int = 0, fp16: bool = True,
+           graph_batches: tuple[int, ...] = ()) -> Backend:
+    """The backend `choice` names, for `engine` (not yet activated)."""
+    module_name, cls_name = BACKENDS[choice.backend].target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(engine, resolve_device(device), threads=threads, fp16=fp16)
+    return cls(engine, choice.device, threads=threads, fp16=fp16, graph_batches=graph_batches)
+
+
+def load(engine: EngineFolder, backend: str = "auto", device: str = "auto", threads: int = 0, fp16: bool = True,
+         graph_batches: tuple[int, ...] = ()) -> Backend:
+    """resolve() + create() for an engine folder."""
+    choice = resolve(engine.manifest.format, engine.checkpoint is not None and engine.checkpoint.exists(), backend,
+                     device)
+    runner = create(engine, choice, threads, fp16, graph_batches)
+    runner.why = choice.why
+    return runner

@@ -2,7 +2,9 @@
 
 The base class owns input checks and the output contract; each backend fills `_activate_impl`,
 `_infer_impl` and optionally `_close_impl`. Input: uint8 [N, 1, H, W] on the backend's device. Output:
-per-class probabilities [N, 4, H, W] and presence [N, 4] (None without a classification head).
+per-class probabilities [N, 4, H, W] and presence [N, 4] (None without a classification head), any float dtype
+and memory format. On CUDA, `infer` enqueues on the caller's current stream (the pipeline's engine stream) and
+returns tensors the caller owns: the next call never overwrites them.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ class EngineOutput:
 class Backend(ABC):
     name: ClassVar[str]
 
-    def __init__(self, engine: EngineFolder, device: str, threads: int = 0, fp16: bool = True) -> None:
+    def __init__(self, engine: EngineFolder, device: str, threads: int = 0, fp16: bool = True,
+                 graph_batches: tuple[int, ...] = ()) -> None:
         self.engine = engine
         self.manifest = engine.manifest
         self.device = torch.device(device)
         self.threads = threads
         self.fp16 = fp16
+        self.graph_batches = graph_batches  # torch on CUDA: batch sizes captured as CUDA graphs at activate()
         self.active = False
+        self.why = ""  # why this backend and device were chosen (inspector.backends.resolve), for the start-up line
 
     @property
     def model_id(self) -> str:
@@ -63,8 +68,8 @@ class Backend(ABC):
 
     def close(self) -> None:
         if self.active:
-            self._close_impl()
             self.active = False
+            self._close_impl()
 
     def __enter__(self) -> Backend:
         return self.activate()

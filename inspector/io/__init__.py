@@ -1,5 +1,5 @@
 """Where frames come from and events go: Redis streams, or an in-memory twin with the same interface."""
 
-from inspector.io.base import Entry, EventSink, FrameSource, Outcome
+from inspector.io.base import Entry, EventSink, FrameSource, Gap, Outcome, Published, SourceState
 
-__all__ = ["Entry", "EventSink", "FrameSource", "Outcome"]
+__all__ = ["Entry", "EventSink", "FrameSource", "Gap", "Outcome", "Published", "SourceState"]

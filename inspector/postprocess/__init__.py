@@ -1,12 +1,30 @@
 """Probability maps -> defects: threshold, 8-connected components, drop small ones, gate classes, RLE.
 
-Two implementations with one contract: `analyse_cpu` (NumPy + OpenCV, the specification) and
-`analyse_torch` (any torch device; on CUDA it keeps masks on the GPU and copies back only runs and component
-stats). Tests hold them bit-identical on masks and RLE.
+The rules are stated once (`rules.py`). Two implementations hold one contract: `analyse_cpu` (NumPy + OpenCV,
+the specification) and `analyse_device` (torch tensors on any device; CV-CUDA labelling on CUDA). Tests hold
+them bit-identical on masks, RLE, boxes, areas and scores.
 """
 
-from inspector.postprocess.defects import analyse, analyse_cpu, analyse_torch
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from inspector.postprocess.defects import analyse_cpu
+from inspector.postprocess.device import analyse_device
 from inspector.postprocess.masks import clean
 from inspector.postprocess.params import PostprocessParams
+from inspector.protocol import Defect
 
-__all__ = ["PostprocessParams", "analyse", "analyse_cpu", "analyse_torch", "clean"]
+__all__ = ["PostprocessParams", "analyse", "analyse_cpu", "analyse_device", "clean"]
+
+
+def analyse(probs: torch.Tensor | np.ndarray, presence: torch.Tensor | np.ndarray | None,
+            params: PostprocessParams) -> list[list[Defect]]:
+    """The worker's entry: CUDA tensors stay on the GPU (analyse_device), anything else takes the CPU reference."""
+    if isinstance(probs, torch.Tensor) and probs.is_cuda:
+        pres = presence if presence is None or isinstance(presence, torch.Tensor) else torch.as_tensor(presence)
+        return analyse_device(probs, None if pres is None else pres.to(probs.device), params)
+    as_np = probs.numpy() if isinstance(probs, torch.Tensor) else probs
+    pres_np = presence.numpy() if isinstance(presence, torch.Tensor) else presence
+    return analyse_cpu(as_np, pres_np, params)

@@ -1,16 +1,20 @@
-"""8-connected component labelling: OpenCV on the CPU (reference) and an exact torch twin for any device.
+"""8-connected component labelling: OpenCV on the CPU (the reference), NVIDIA CV-CUDA on the GPU.
 
-The twin labels every foreground pixel with 1 + the smallest row-major index in its component (minimum
-propagation over the 3x3 neighbourhood plus pointer jumping), iterating until nothing changes: no iteration
-cap, so a one-pixel-wide scratch across the whole frame or a spiral is labelled exactly.
+`label_maps` is the batched contract the device path builds on, CV-CUDA's own: for M binary maps it returns
+sequential labels (0 = background, label L is row L - 1 of the stats), the number of components per map, and
+stats rows [original label, x, y, w, h, area, marks] for up to `max_labels` components per map (a map with more
+has count > max_labels and is handled on the CPU). `label_maps_cpu` is its twin on OpenCV, so everything after
+the labelling runs and is tested on CPU tensors; `cvcuda.label` (8-connectivity, asked for explicitly: CV-CUDA
+defaults to 4) does the labelling on CUDA tensors, on the caller's stream, in one call for the whole batch.
 """
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def label_cpu(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -27,64 +31,47 @@ def label_type(foreground: int) -> int:
     return cv2.CV_16U if foreground < 65535 else cv2.CV_32S
 
 
-def label_torch(mask: torch.Tensor) -> torch.Tensor:
-    """Labels of a bool [B, H, W] tensor: int32, 0 for background, 1 + min flat index of the component."""
-    batch, height, width = mask.shape
-    size = height * width
-    sentinel = size + 1
-    index = torch.arange(1, size + 1, dtype=torch.int32, device=mask.device).view(1, height, width)
-    labels = torch.where(mask, index, torch.full_like(index, sentinel))
-    while True:
-        padded = F.pad(labels, (1, 1, 1, 1), value=sentinel)
-        low = labels
-        for dy in range(3):
-            for dx in range(3):
-                if dy != 1 or dx != 1:
-                    low = torch.minimum(low, padded[:, dy:dy + height, dx:dx + width])
-        low = torch.where(mask, low, sentinel)
-        low = _jump(low.view(batch, size), sentinel).view(batch, height, width)
-        if torch.equal(low, labels):
-            break
-        labels = low
-    return torch.where(mask, labels, 0)
+STATS_COLUMNS = 7  # original label, x, y, w, h, area, marks (CV-CUDA's layout for 2-D labelling)
 
 
-def _jump(flat: torch.Tensor, sentinel: int) -> torch.Tensor:
-    """Pointer jumping: a pixel takes the label of the pixel its label names, until no label moves."""
-    extended = torch.cat([flat, flat.new_full((flat.shape[0], 1), sentinel)], dim=1)
-    while True:
-        jumped = torch.gather(extended, 1, (flat - 1).long())
-        if torch.equal(jumped, flat):
-            return flat
-        flat = jumped
-        extended[:, :-1] = flat
+def label_maps_cpu(maps: torch.Tensor, max_labels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CPU twin of `label_maps_cuda`: bool [M, H, W] -> labels int32 [M, H, W], count int32 [M],
+    stats int32 [M, max_labels, 7]."""
+    m, height, width = maps.shape
+    labels = np.zeros((m, height, width), np.int32)
+    count = np.zeros(m, np.int32)
+    stats = np.zeros((m, max_labels, STATS_COLUMNS), np.int32)
+    for i, mask in enumerate(maps.cpu().numpy()):
+        n, lab, st, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        count[i] = n - 1
+        lab[lab > max_labels] = 0  # beyond the stats' capacity: such a map goes to the CPU path anyway
+        labels[i] = lab
+        k = min(n - 1, max_labels)
+        stats[i, :k, 0] = np.arange(1, k + 1)
+        stats[i, :k, 1:6] = st[1:k + 1]
+    return torch.from_numpy(labels), torch.from_numpy(count), torch.from_numpy(stats)
 
 
-def component_stats_torch(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compact component ids per pixel (-1 background) and stats [K, 6] rows (map, x, y, w, h, area).
+@functools.cache
+def cvcuda_available() -> bool:
+    try:
+        import cvcuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    Components are numbered in order of (map, smallest flat index), the order of their roots.
-    """
-    batch, height, width = labels.shape
-    flat = labels.view(batch, -1)
-    own = torch.arange(1, height * width + 1, dtype=torch.int32, device=labels.device)
-    is_root = flat == own  # the pixel whose index names the component
-    root_rank = (torch.cumsum(is_root.view(-1), 0, dtype=torch.int32) - 1).view(batch, -1)
-    fg = flat > 0
-    map_index = torch.arange(batch, device=labels.device).view(batch, 1).expand_as(flat)
-    comp = torch.full_like(flat, -1)
-    comp[fg] = root_rank[map_index[fg], (flat[fg] - 1).long()]
-    count = int(is_root.sum())
-    ids = comp[fg].long()
-    pixel = torch.nonzero(fg)  # rows: (map, flat index)
-    ys = (pixel[:, 1] // width).to(torch.int32)
-    xs = (pixel[:, 1] % width).to(torch.int32)
-    area = torch.bincount(ids, minlength=count).to(torch.int32)
-    big = torch.iinfo(torch.int32).max
-    x0 = torch.full((count,), big, dtype=torch.int32, device=labels.device).scatter_reduce(0, ids, xs, "amin")
-    y0 = torch.full((count,), big, dtype=torch.int32, device=labels.device).scatter_reduce(0, ids, ys, "amin")
-    x1 = torch.full((count,), -1, dtype=torch.int32, device=labels.device).scatter_reduce(0, ids, xs, "amax")
-    y1 = torch.full((count,), -1, dtype=torch.int32, device=labels.device).scatter_reduce(0, ids, ys, "amax")
-    maps = torch.nonzero(is_root)[:, 0].to(torch.int32)
-    stats = torch.stack([maps, x0, y0, x1 - x0 + 1, y1 - y0 + 1, area], dim=1)
-    return comp.view(batch, height, width), stats
+
+def label_maps_cuda(maps: torch.Tensor, max_labels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CV-CUDA's batched labelling of bool [M, H, W] CUDA maps, on the current torch stream; outputs as torch
+    tensors on the same device (labels int32 [M, H, W], count int32 [M], stats int32 [M, max_labels, 7])."""
+    import cvcuda
+
+    m = maps.shape[0]
+    src = cvcuda.as_tensor(maps.to(torch.uint8).unsqueeze(-1).contiguous(), "NHWC")
+    background = cvcuda.as_tensor(torch.zeros(m, dtype=torch.uint8, device=maps.device), "N")
+    stream = cvcuda.as_stream(torch.cuda.current_stream(maps.device))
+    labels, count, stats = cvcuda.label(src, cvcuda.CONNECTIVITY_8_2D, cvcuda.LABEL.SEQUENTIAL, count=True,
+                                        stats=True, max_labels=max_labels, bg_label=background, stream=stream)
+    as_torch = functools.partial(torch.as_tensor, device=maps.device)
+    return (as_torch(labels.cuda()).view(maps.shape).to(torch.int32), as_torch(count.cuda()).view(m).to(torch.int32),
+            as_torch(stats.cuda()).view(m, max_labels, STATS_COLUMNS).to(torch.int32))

@@ -1,5 +1,4 @@
-"""The mask rules per class, CPU reference: foreground where p > threshold (strict), drop components smaller
-than min_component_area, empty the class when its kept area < min_class_area or presence < its threshold.
+"""The mask rules per class (`rules.py`), CPU reference: the specification the device path is held to.
 
 OpenCV labels the components once; everything after that works on column runs (`runs.py`): areas, the kept
 mask, boxes and the RLE come from a few thousand runs, not from passes over 409,600 pixels per component.
@@ -8,17 +7,19 @@ mask, boxes and the RLE come from a few thousand runs, not from passes over 409,
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, TypeVar
 
 import cv2
 import numpy as np
 
+from inspector.parallel import each
+from inspector.postprocess import rules
 from inspector.postprocess.components import label_type
+from inspector.postprocess.rules import f32
 from inspector.postprocess.runs import boxes, column_runs, covered, kaggle_runs
-from inspector.rle import runs_to_string
+from inspector.rle import from_runs
 from inspector.scratch import scratch
 
 T = TypeVar("T")
@@ -46,8 +47,7 @@ class CleanMap(NamedTuple):
 
     def rle(self) -> str:
         """Kaggle RLE of the mask, straight from the runs: equal to rle.encode(self.mask)."""
-        starts, ends = kaggle_runs(self.starts, self.ends)
-        return runs_to_string(starts + 1, ends - starts)
+        return from_runs(*kaggle_runs(self.starts, self.ends))
 
     def components(self) -> np.ndarray:
         """int32 rows [x, y, w, h, area], one per kept component, in label order."""
@@ -66,11 +66,11 @@ def clean_class(prob: np.ndarray, threshold: float, min_component_area: int, min
     elif out.shape != prob.shape or out.dtype != np.bool_ or not out.T.flags.c_contiguous:
         raise ValueError(f"clean_class writes into a column-major bool array of shape {prob.shape} "
                          f"(np.empty({prob.shape[::-1]}, bool).T), got {out.dtype} {out.shape}")
-    if presence is not None and np.float32(presence) < np.float32(presence_threshold):
+    if presence is not None and not rules.present(f32(presence), f32(presence_threshold)):
         return CleanMap.empty(out)
-    binary = np.greater(prob, np.float32(threshold), out=scratch("clean.binary", prob.shape, np.bool_))
+    binary = np.greater(prob, f32(threshold), out=scratch("clean.binary", prob.shape, np.bool_))  # rules.foreground
     foreground = cv2.countNonZero(binary.view(np.uint8))
-    if foreground < max(min_class_area, 1):  # dropping components only shrinks it
+    if not rules.keep_class(foreground, min_class_area):  # dropping components only shrinks it
         return CleanMap.empty(out)
     height, width = prob.shape
     columns = out.T  # row j = column j of the frame
@@ -81,8 +81,8 @@ def clean_class(prob: np.ndarray, threshold: float, min_component_area: int, min
     cv2.connectedComponents(columns.view(np.uint8), labels=labels, connectivity=8, ltype=ltype)
     run_labels = labels.reshape(-1)[starts]  # a run lies in one component: its first pixel names it
     label_areas = np.bincount(run_labels, weights=ends - starts).astype(np.int64)
-    keep = label_areas >= min_component_area  # label 0 (background) has no runs: area 0, never counted
-    if int(label_areas[keep].sum()) < max(min_class_area, 1):
+    keep = rules.keep_components(label_areas, min_component_area)  # label 0 has no runs: area 0, never counted
+    if not rules.keep_class(int(label_areas[keep].sum()), min_class_area):
         return CleanMap.empty(out)
     kept = keep[run_labels]
     if not kept.all():
@@ -125,35 +125,8 @@ _POOL = ThreadPoolExecutor(max_workers=max(WORKERS - 1, 1), thread_name_prefix="
 
 
 def for_each_map(fn: Callable[[int, int], T], n: int, c: int, threads: int | None = None) -> list[T]:
-    """fn(frame, class) for every map, results in (frame, class) order, on up to `threads` threads
-    (default WORKERS; OpenCV and NumPy release the GIL).
-
-    The calling thread works too, and every thread takes the next map when it is free: a pool thread that
-    wakes late (a halted vCPU after inference) costs no idle time. Handing out one share per thread instead
-    left the caller waiting for the slowest share.
-    `fn` must not call for_each_map with more than one thread itself: nested waits on the pool could deadlock.
-    """
+    """fn(frame, class) for every map, results in (frame, class) order, on up to `threads` threads (default
+    WORKERS). `fn` must not call for_each_map with more than one thread itself."""
     maps = [(i, k) for i in range(n) for k in range(c)]
-    workers = max(1, min(len(maps), WORKERS if threads is None else threads, WORKERS))
-    if workers == 1:
-        return [fn(i, k) for i, k in maps]
-    results: list[T] = [None] * len(maps)  # type: ignore[list-item]
-    order = iter(range(len(maps)))
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                j = next(order, None)
-            if j is None:
-                return
-            results[j] = fn(*maps[j])
-
-    futures = [_POOL.submit(work) for _ in range(workers - 1)]
-    try:
-        work()
-    finally:
-        wait(futures)
-    for future in futures:
-        future.result()  # a map that failed on the pool raises here
-    return results
+    workers = min(WORKERS, WORKERS if threads is None else threads)
+    return each(lambda m: fn(*m), maps, _POOL, workers)
