@@ -105,6 +105,7 @@ def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, s
         "backend": pipe.engine.backend.name, "device": str(pipe.engine.backend.device),
         "model": pipe.engine.model_id, "metrics": stats.metrics is not None,
         "rejected": stats.counters["rejected"], "wall_s": round(wall, 3),
+        "event_bytes_mean": round(stats.counters["event_bytes"] / frames) if frames else None,
     }
     return {**result, **environment()}
 

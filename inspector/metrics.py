@@ -23,6 +23,8 @@ class Metrics:
         r = self.registry = registry or CollectorRegistry()
         self.frames = Counter("inspector_frames", "Frames whose event was published (ok or rejected)", registry=r)
         self.events = Counter("inspector_events", "Events published, by status", ["status"], registry=r)
+        self.event_bytes = Counter("inspector_event_bytes", "Bytes of the events published (sizes the events stream)",
+                                   registry=r)
         self.dead_letters = Counter("inspector_dead_letters", "Frames copied to the dead-letter stream", registry=r)
         self.fenced_out = Counter("inspector_fenced_out",
                                   "Events refused because another worker had claimed the frame", registry=r)

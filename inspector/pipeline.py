@@ -154,13 +154,14 @@ class Pipeline:
             self.ring.release(slot)
             return batch
         self._launch(batch, slot)
-        self.stats.time("stage", time.perf_counter() - t1)
         return batch
 
     def _launch(self, batch: Batch, slot: Slot) -> None:
         """Upload and run the engine on its stream; the slot goes back once the engine has read it."""
         n = len(batch.staged)
+        t0 = time.perf_counter()
         staged = self.ring.upload(slot, n)
+        self.stats.time("stage", time.perf_counter() - t0)  # the enqueue of the copy (CPU: a view)
         s = self.streams
         done = None
         try:
@@ -207,16 +208,17 @@ class Pipeline:
         t0 = time.perf_counter()
         result = self._publish(outcomes)
         self.stats.time("publish", time.perf_counter() - t0)
-        self._account(batch, result, now)
+        self._account(batch, outcomes, result, now)
 
-    def _account(self, batch: Batch, result: Published, now: float) -> None:
+    def _account(self, batch: Batch, outcomes: list[Outcome], result: Published, now: float) -> None:
         done = result.done
         records = [r for r, ok in zip(batch.records, done, strict=True) if ok]
         rejected = [r for r in records if r.error is not None]
         for r in rejected:
             log.debug("%s: frame %s rejected: %s", self.name, r.entry.id, r.error)
         self.stats.add(frames=len(records), ok=len(records) - len(rejected), rejected=len(rejected),
-                       dead_lettered=len(rejected), batches=1, fenced_out=len(done) - len(records))
+                       dead_lettered=len(rejected), batches=1, fenced_out=len(done) - len(records),
+                       event_bytes=sum(len(o.event) for o, ok in zip(outcomes, done, strict=True) if ok))
         self.stats.defects([d.class_id for r in records for d in r.defects])
         skew = self.cfg.camera.max_clock_skew_s
         implausible = 0

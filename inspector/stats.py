@@ -16,7 +16,7 @@ from inspector.metrics import Metrics
 
 STAGES = ("read", "decode", "stage", "infer", "postprocess", "publish")
 COUNTERS = ("frames", "ok", "rejected", "dead_lettered", "defects", "batches", "fenced_out", "seq_gaps",
-            "seq_resets", "reconnects", "implausible_ts", "engine_swaps", "engine_swaps_refused")
+            "seq_resets", "reconnects", "implausible_ts", "engine_swaps", "engine_swaps_refused", "event_bytes")
 
 
 class Stats:
@@ -102,5 +102,6 @@ class Stats:
                 f"p50={s.get('latency_ms_p50', '-')}ms p99={s.get('latency_ms_p99', '-')}ms")
 
 
-_SERIES = {"frames": "frames", "dead_lettered": "dead_letters", "fenced_out": "fenced_out", "seq_gaps": "seq_gaps",
-           "seq_resets": "seq_resets", "reconnects": "reconnects", "implausible_ts": "implausible_ts"}
+_SERIES = {"frames": "frames", "event_bytes": "event_bytes", "dead_lettered": "dead_letters",
+           "fenced_out": "fenced_out", "seq_gaps": "seq_gaps", "seq_resets": "seq_resets", "reconnects": "reconnects",
+           "implausible_ts": "implausible_ts"}
