@@ -76,6 +76,7 @@ def assert_same(want: list, got: list) -> None:
 
 PATHS = {
     "gated": {},
+    "gated, compact copies (the path CUDA without CV-CUDA takes)": {"compact": True},
     "labelled": {"labeller": label_maps_cpu},
     "labelled, tiny max_labels (overflow to the CPU)": {"labeller": label_maps_cpu, "max_labels": 4},
 }
@@ -169,7 +170,7 @@ def test_cvcuda_labelled_path_matches_cpu_full_frames() -> None:
 def test_gated_path_on_cuda_matches_cpu() -> None:
     probs = torch.from_numpy(shaped_probs(list(adversarial(256, 1600).values()))).cuda()
     want = analyse_cpu(probs.cpu().numpy(), None, PARAMS)
+    assert_same(want, analyse_device(probs, None, PARAMS))  # whichever path this machine takes
     from inspector.postprocess import device
 
-    assert_same(want, device._gated(probs.contiguous(), device.rules.foreground(
-        probs, device._constants(PARAMS, probs.device).thresholds), PARAMS))
+    assert_same(want, device._gated(probs, None, PARAMS, device._constants(PARAMS, probs.device), True))

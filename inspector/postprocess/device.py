@@ -62,21 +62,25 @@ def _constants(params: PostprocessParams, device: torch.device) -> _Constants:
 
 
 def analyse_device(probs: torch.Tensor, presence: torch.Tensor | None, params: PostprocessParams,
-                   labeller: Labeller | None = None, max_labels: int = MAX_LABELS) -> list[list[Defect]]:
+                   labeller: Labeller | None = None, max_labels: int = MAX_LABELS,
+                   compact: bool | None = None) -> list[list[Defect]]:
     """probs [N, C, H, W], presence [N, C] or None, on one device -> defects per frame (= analyse_cpu's).
 
-    `labeller` defaults to CV-CUDA for CUDA tensors when it is installed, else the gated path runs."""
-    probs = probs.contiguous()  # channels-last engines: one copy, then flat views work
+    `labeller` defaults to CV-CUDA for CUDA tensors when it is installed, else the gated path runs. `compact`
+    (default: the maps are not in host memory) makes the gated path copy the live maps' crops, as it must from
+    a GPU; tests set it on CPU tensors to run that code in CI."""
     n, c = probs.shape[:2]
     consts = _constants(params, probs.device)
-    fg = rules.foreground(probs, consts.thresholds)
-    if presence is not None:
-        fg &= rules.present(presence.float(), consts.presence).view(n, c, 1, 1)
+    gate = None if presence is None else rules.present(presence.float(), consts.presence)  # [N, C]
     if labeller is None and probs.is_cuda and cvcuda_available():
         labeller = label_maps_cuda
-    if labeller is not None:
-        return _labelled(probs, fg, params, consts, labeller, max_labels)
-    return _gated(probs, fg, params)
+    if labeller is None:
+        return _gated(probs, gate, params, consts, probs.device.type != "cpu" if compact is None else compact)
+    probs = probs.contiguous()  # channels-last engines: one copy, then flat views work
+    fg = rules.foreground(probs, consts.thresholds)
+    if gate is not None:
+        fg &= gate.view(n, c, 1, 1)
+    return _labelled(probs, fg, params, consts, labeller, max_labels)
 
 
 def _collect(n: int, c: int, found: list[tuple[int, int, Defect | None]]) -> list[list[Defect]]:
@@ -91,45 +95,54 @@ def _host_map(probs: torch.Tensor, i: int, k: int, box: tuple[int, int, int, int
               crop: np.ndarray | None = None) -> np.ndarray:
     """Map (i, k) as float32 (H, W) on the host: a view when it already is one, else the foreground's crop placed
     in a zeroed scratch map (outside the crop every value is below the threshold, so the rules see no
-    difference; thresholds are >= 0)."""
+    difference; thresholds are >= 0, PostprocessParams checks)."""
     height, width = probs.shape[2:]
-    if probs.device.type == "cpu" and probs.dtype == torch.float32:
+    if box is None and probs.device.type == "cpu" and probs.dtype == torch.float32:
         return probs[i, k].numpy()
     full = scratch("device.map", (height, width), np.float32)
-    full.fill(0.0)
     if box is None:
         full[...] = probs[i, k].float().cpu().numpy()
-    else:
-        r0, r1, c0, c1 = box
-        full[r0:r1, c0:c1] = crop if crop is not None else probs[i, k, r0:r1, c0:c1].float().cpu().numpy()
+        return full
+    full.fill(0.0)
+    r0, r1, c0, c1 = box
+    full[r0:r1, c0:c1] = crop if crop is not None else probs[i, k, r0:r1, c0:c1].float().cpu().numpy()
     return full
 
 
-def _gated(probs: torch.Tensor, fg: torch.Tensor, params: PostprocessParams) -> list[list[Defect]]:
-    n, c, height = fg.shape[:3]
-    occupancy = torch.cat([fg.any(dim=3), fg.any(dim=2)], dim=2).cpu().numpy()  # [N, C, H + W]: one small copy
-    boxes: list[tuple[int, int, tuple[int, int, int, int]]] = []
-    for i in range(n):
-        for k in range(c):
-            rows = np.flatnonzero(occupancy[i, k, :height])
-            if rows.size:
-                cols = np.flatnonzero(occupancy[i, k, height:])
-                boxes.append((i, k, (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)))
-    crops: list[np.ndarray | None] = [None] * len(boxes)
-    if boxes and not (probs.device.type == "cpu" and probs.dtype == torch.float32):
-        flat = torch.cat([probs[i, k, r0:r1, c0:c1].reshape(-1) for i, k, (r0, r1, c0, c1) in boxes])
-        host = flat.float().cpu().numpy()  # the non-empty maps' crops, in one copy
-        at = 0
-        for j, (_, _, (r0, r1, c0, c1)) in enumerate(boxes):
-            size = (r1 - r0) * (c1 - c0)
-            crops[j] = host[at:at + size].reshape(r1 - r0, c1 - c0)
-            at += size
+def _gated(probs: torch.Tensor, gate: torch.Tensor | None, params: PostprocessParams, consts: _Constants,
+           compact: bool) -> list[list[Defect]]:
+    """Only the maps with a pixel over their threshold (and presence over its own) reach the CPU reference."""
+    n, c, height = probs.shape[:3]
+    if not compact:  # host memory, no copy to make: find the live maps with one max per map, pass views
+        live = rules.foreground(probs.amax(dim=(2, 3)).float(), consts.thresholds.view(1, c))
+        if gate is not None:
+            live &= gate
+        maps = [(int(i), int(k), None) for i, k in np.argwhere(live.numpy())]
+        crops: list[np.ndarray | None] = [None] * len(maps)
+    else:  # one small copy of each map's row and column occupancy, then one copy of the live maps' crops
+        fg = rules.foreground(probs, consts.thresholds)
+        if gate is not None:
+            fg &= gate.view(n, c, 1, 1)
+        occupancy = torch.cat([fg.any(dim=3), fg.any(dim=2)], dim=2).cpu().numpy()  # [N, C, H + W]
+        maps = []
+        for i, k in np.argwhere(occupancy[:, :, :height].any(axis=2)):
+            rows, cols = np.flatnonzero(occupancy[i, k, :height]), np.flatnonzero(occupancy[i, k, height:])
+            maps.append((int(i), int(k), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)))
+        crops = [None] * len(maps)
+        if maps:
+            flat = torch.cat([probs[i, k, r0:r1, c0:c1].reshape(-1) for i, k, (r0, r1, c0, c1) in maps])
+            host = flat.float().cpu().numpy()
+            at = 0
+            for j, (_, _, (r0, r1, c0, c1)) in enumerate(maps):
+                size = (r1 - r0) * (c1 - c0)
+                crops[j] = host[at:at + size].reshape(r1 - r0, c1 - c0)
+                at += size
 
     def one(j: int) -> tuple[int, int, Defect | None]:
-        i, k, box = boxes[j]
+        i, k, box = maps[j]
         return i, k, defect_of_map(_host_map(probs, i, k, box, crops[j]), k, None, params)
 
-    return _collect(n, c, each(one, list(range(len(boxes))), _POOL, WORKERS))
+    return _collect(n, c, each(one, list(range(len(maps))), _POOL, WORKERS))
 
 
 def _pack_bits(bits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -41,4 +41,7 @@ class PostprocessParams:
                 raise ConfigError(f"post-processing '{name}' needs {NUM_CLASSES} values, got {chosen}")
             kind = int if name.startswith("min_") else float
             values[name] = tuple(kind(v) for v in chosen)
+            low, high = (0, float("inf")) if kind is int else (0.0, 1.0)
+            if not all(low <= v <= high for v in values[name]):
+                raise ConfigError(f"post-processing '{name}' values must lie in [{low}, {high}], got {chosen}")
         return cls(**values)
