@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -95,8 +96,8 @@ def camera(url: str, fps: float, stop: threading.Event, sent: list[int]) -> None
             if delay > 0:
                 time.sleep(min(delay, 0.5))
                 continue
-            try:
-                client.xadd("inspect:frames", {FRAME_FIELD: msg.pack()})
+            try:  # captured now: the frame left the camera when it was due
+                client.xadd("inspect:frames", {FRAME_FIELD: dataclasses.replace(msg, ts=time.time()).pack()})
                 sent[0] += 1
                 break
             except redis.RedisError:
@@ -113,50 +114,40 @@ def plot(samples: list[dict], outage: tuple[float, float] | None, soak_png: Path
 
     t = [s["t_s"] / 60 for s in samples]
 
-    def shade(ax) -> None:
-        if outage:
-            ax.axvspan(outage[0] / 60, outage[1] / 60, color="#f4b6b6", alpha=0.5, label="Redis stopped")
-        ax.grid(alpha=0.3)
+    def figure(title: str, panels: list[tuple[str, list[tuple[str, str]], bool]], path: Path) -> None:
+        """One figure: a panel per (y label, [(sample key, legend)], log scale), the outage shaded."""
+        fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3 * len(panels)), sharex=True)
+        for ax, (ylabel, lines, log) in zip(axes, panels, strict=True):
+            for key, label in lines:
+                ax.plot(t, [float("nan") if s[key] is None else s[key] for s in samples], label=label)
+            if outage:
+                ax.axvspan(outage[0] / 60, outage[1] / 60, color="#f4b6b6", alpha=0.5, label="Redis stopped")
+            ax.set_ylabel(ylabel)
+            if log:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="upper left")
+        axes[0].set_title(title)
+        axes[-1].set_xlabel("minutes")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
 
-    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
-    axes[0].plot(t, [s["worker_rss_mb"] for s in samples], color="#1f77b4", label="worker RSS (MB)")
-    axes[0].set_ylabel("MB")
-    axes[0].set_title("Soak: the worker under real JPEG frames, one Redis outage")
-    axes[1].plot(t, [s["redis_used_mb"] for s in samples], color="#d62728", label="Redis used_memory (MB)")
-    axes[1].set_ylabel("MB")
-    axes[2].plot(t, [s["frames_len"] for s in samples], label="frames stream length")
-    axes[2].plot(t, [s["events_len"] for s in samples], label="events stream length")
-    axes[2].set_ylabel("entries")
-    axes[2].set_xlabel("minutes")
-    for ax in axes:
-        shade(ax)
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(soak_png, dpi=90)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
-    axes[0].plot(t, [s["fps"] for s in samples], color="#2ca02c", label="events/s (inspector_frames_total rate)")
-    axes[0].set_ylabel("frames/s")
-    axes[0].set_title("What the admin sees on /metrics")
-    axes[1].plot(t, [s["latency_p50_s"] for s in samples], label="p50 capture-to-event latency")
-    axes[1].plot(t, [s["latency_p99_s"] for s in samples], label="p99")
-    axes[1].set_ylabel("seconds")
-    axes[1].set_yscale("log")
-    axes[2].plot(t, [s["lag"] for s in samples], label="inspector_group_lag")
-    axes[2].plot(t, [s["pending"] for s in samples], label="inspector_group_pending")
-    axes[2].set_ylabel("frames")
-    axes[2].set_xlabel("minutes")
-    for ax in axes:
-        shade(ax)
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(metrics_png, dpi=90)
-    plt.close(fig)
+    figure("Soak: the worker under real JPEG frames, one Redis outage", [
+        ("MB", [("worker_rss_mb", "worker RSS (MB)")], False),
+        ("MB", [("redis_used_mb", "Redis used_memory (MB)")], False),
+        ("entries", [("frames_len", "frames stream length"), ("events_len", "events stream length")], False),
+    ], soak_png)
+    figure("What the admin sees on /metrics", [
+        ("frames/s", [("fps", "events/s (rate of inspector_frames_total)")], False),
+        ("seconds", [("latency_p50_s", "p50 capture-to-event latency"), ("latency_p99_s", "p99")], True),
+        ("frames", [("lag", "inspector_group_lag"), ("pending", "inspector_group_pending")], False),
+    ], metrics_png)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--replot", action="store_true", help="Only draw the plots again from the results JSON.")
     ap.add_argument("--minutes", type=float, default=32.0)
     ap.add_argument("--fps", type=float, default=4.0)
     ap.add_argument("--every-s", type=float, default=30.0)
@@ -167,6 +158,11 @@ def main() -> None:
     ap.add_argument("--plot", default=str(ROOT / "docs" / "soak.png"))
     ap.add_argument("--metrics-plot", default=str(ROOT / "docs" / "metrics.png"))
     args = ap.parse_args()
+    if args.replot:
+        done = json.loads(Path(args.out).read_text())
+        plot(done["samples"], tuple(done["outage_s"]) if done["outage_s"] else None, Path(args.plot),
+             Path(args.metrics_plot))
+        return
 
     server = PrivateRedis(appendonly=True)
     url = server.start()
