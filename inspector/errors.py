@@ -8,8 +8,9 @@
     │   └── SourceRefused        refused for good (wrong password, missing permission, a key of the wrong
     │                            type): retrying cannot help, the worker stops with the fix in one line
     ├── DecodeError          one frame's payload is malformed; the frame is rejected, the worker goes on
-    └── EngineError          an engine folder, manifest or backend cannot be loaded or run
-        └── EngineMismatchError  the engine was built for another TensorRT version or GPU
+    ├── EngineError          an engine folder, manifest or backend cannot be loaded or run
+    │   └── EngineMismatchError  the engine was built for another TensorRT version or GPU
+    └── WorkerFailed         the running worker met an error it cannot go on from (a restart may help)
 """
 
 
@@ -43,3 +44,7 @@ class EngineError(InspectorError):
 
 class EngineMismatchError(EngineError):
     """The engine was built for another TensorRT version or GPU: rebuild it with `trainer build-engine`."""
+
+
+class WorkerFailed(InspectorError):
+    """Raised by `inspector run` when a worker thread failed after start-up; systemd restarts the worker."""

@@ -115,7 +115,7 @@ class Pipeline:
         self._reload = threading.Event()  # SIGHUP
         self._loading: threading.Thread | None = None
         self._refused: Path | None = None
-        self._warned_at = 0.0
+        self._logged: dict[str, float] = {}
 
     # -- producer stages ---------------------------------------------------------------------------------
     def _read(self) -> list[Entry]:
@@ -137,6 +137,8 @@ class Pipeline:
                 rec.message = parse_frame(rec.entry.fields, max_bytes)
             except DecodeError as exc:
                 rec.error = str(exc)
+            except Exception as exc:  # input no check foresaw: still this frame's fault, never the worker's end
+                rec.error = f"frame cannot be parsed: {type(exc).__name__}: {str(exc)[:160]}"
         todo = [r for r in batch.records if r.error is None]
         if not todo:
             self.stats.time("decode", time.perf_counter() - t0)
@@ -235,15 +237,24 @@ class Pipeline:
         gaps = [g for g in result.gaps if g.kind == "gap"]
         resets = [g for g in result.gaps if g.kind == "reset"]
         self.stats.add(seq_gaps=sum(g.missing for g in gaps), seq_resets=len(resets))
-        for g in gaps:
-            log.warning("%s: camera %s: %d frame(s) missing between seq %d and %d (never reached the stream)",
-                        self.name, g.camera, g.missing, g.after, g.before)
-        for g in resets:
-            log.warning("%s: camera %s: seq went from %d to %d (camera restart or implausible jump): not a gap",
-                        self.name, g.camera, g.after, g.before)
+        for g in gaps[:1] if self._due("gap") else []:  # a broken camera must not flood the journal: counted
+            log.warning("%s: camera %s: %d frame(s) missing between seq %d and %d (never reached the stream; "
+                        "more lines like this at most once a second, all counted in seq_gaps)", self.name, g.camera,
+                        g.missing, g.after, g.before)
+        for g in resets[:1] if self._due("reset") else []:
+            log.warning("%s: camera %s: seq went from %d to %d (camera restart or implausible jump): not a gap "
+                        "(at most once a second, all counted in seq_resets)", self.name, g.camera, g.after, g.before)
         if len(records) < len(done):
             log.info("%s: %d event(s) refused by the fence (their frames were claimed by another worker after "
                      "this one stopped heartbeating)", self.name, len(done) - len(records))
+
+    def _due(self, kind: str, every_s: float = 1.0) -> bool:
+        """True at most once every `every_s` per kind of log line."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -every_s) < every_s:
+            return False
+        self._logged[kind] = now
+        return True
 
     def _publish(self, outcomes: list[Outcome]) -> Published:
         """Publish, retrying while Redis is away; during a warm stop give up after metrics.stop_timeout_s (the
@@ -265,11 +276,9 @@ class Pipeline:
 
     def _retrying(self, what: str, exc: Exception, wait: float) -> None:
         self.stats.add(reconnects=1)
-        now = time.monotonic()
-        if now - self._warned_at >= 30 or wait == BACKOFF_S[0]:  # first failure, then every 30 s
-            log.warning("%s: %s failed: %s; retrying (every %.1f s at most 5 s; counted in reconnects)", self.name,
-                        what, exc, wait)
-            self._warned_at = now
+        if self._due(what, 30.0) or wait == BACKOFF_S[0]:  # the first failure of an outage, then every 30 s
+            log.warning("%s: %s failed: %s; retrying (backoff now %.1f s, at most 5 s; counted in reconnects)",
+                        self.name, what, exc, wait)
 
     # -- engine swap -------------------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -545,6 +554,7 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
     """Load the engine named by the config and wire a pipeline to Redis (or to `streams`, e.g. MemoryStreams).
     With Redis, waits up to redis.startup_wait_s for it (one clear error after that)."""
     engine = load_engine(config)
+    created = None
     try:
         check_compatible(engine, None, config)
         if engine.backend.input_shape != (config.camera.height, config.camera.width):
@@ -553,10 +563,12 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
         if streams is None:
             from inspector.io.redis_streams import RedisStreams
 
-            streams = RedisStreams(config.redis, config.camera)
-            streams.wait_ready(config.redis.startup_wait_s)
+            streams = created = RedisStreams(config.redis, config.camera)
+            created.wait_ready(config.redis.startup_wait_s)
     except BaseException:
         engine.backend.close()
+        if created is not None:
+            created.close()
         raise
     return Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier)  # type: ignore[arg-type]
 

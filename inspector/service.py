@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from inspector.config import Config, parse_address
+from inspector.errors import ConfigError, InspectorError, SourceRefused, WorkerFailed
 from inspector.health import Health, app, serve
 from inspector.metrics import Metrics
 from inspector.notify import Notifier
@@ -30,6 +31,10 @@ def run(cfg: Config, burst: bool = False) -> Stats:
         pipe = from_config(cfg, health=health, metrics=metrics, notifier=notifier)
         try:
             return pipe.run(burst=burst)
+        except (SourceRefused, ConfigError):
+            raise  # still the operator's to fix: exit 78, no restart loop
+        except InspectorError as exc:  # e.g. an engine that fails mid-run: exit 1, systemd restarts the worker
+            raise WorkerFailed(f"the worker stopped after {type(exc).__name__}: {exc}") from exc
         finally:
             pipe.close()
     finally:

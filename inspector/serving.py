@@ -31,7 +31,11 @@ class ActiveEngine:
 
 
 def load_engine(config: Config, folder: str | Path | None = None) -> ActiveEngine:
-    """Load, resolve, activate and warm up an engine folder; EngineError / ConfigError say what is wrong."""
+    """Load, resolve, activate and warm up an engine folder; EngineError / ConfigError say what is wrong.
+
+    The warm-up runs a full batch (batching.batch_size): ONNX Runtime's memory arena and the CUDA caching
+    allocator grow to the largest batch they have seen and keep that size, so sizing them at start keeps the
+    worker's memory flat afterwards (a backlog after an outage would otherwise add ~300 MB on this model)."""
     engine = engines.load(folder or config.engine.path)
     e = config.engine
     runner = backends.load(engine, e.backend, e.device, e.threads, e.fp16, e.cuda_graph_batches)
@@ -39,11 +43,12 @@ def load_engine(config: Config, folder: str | Path | None = None) -> ActiveEngin
     runner.activate()
     try:
         height, width = runner.input_shape
-        out = runner.infer(torch.zeros((1, 1, height, width), dtype=torch.uint8, device=runner.device))
-        if tuple(out.probs.shape) != (1, len(params.thresholds), height, width):
+        n = max(1, min(config.batching.batch_size, engine.manifest.max_batch))
+        out = runner.infer(torch.zeros((n, 1, height, width), dtype=torch.uint8, device=runner.device))
+        if tuple(out.probs.shape) != (n, len(params.thresholds), height, width):
             raise EngineError(f"{engine.path} outputs probabilities of shape {tuple(out.probs.shape)}, expected "
-                              f"(1, {len(params.thresholds)}, {height}, {width})")
-        if out.presence is not None and tuple(out.presence.shape) != (1, len(params.thresholds)):
+                              f"({n}, {len(params.thresholds)}, {height}, {width})")
+        if out.presence is not None and tuple(out.presence.shape) != (n, len(params.thresholds)):
             raise EngineError(f"{engine.path} outputs presence of shape {tuple(out.presence.shape)}")
         if not bool(torch.isfinite(out.probs).all()):
             raise EngineError(f"{engine.path} outputs NaN or infinite probabilities on a blank frame")

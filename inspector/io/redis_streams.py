@@ -214,8 +214,11 @@ class RedisStreams:
             return SourceState(False, error=str(classify(exc, self.url, "XINFO GROUPS")))
         for g in groups:
             if _text(g["name"]) == self.cfg.group:
-                lag = g.get("lag")
-                return SourceState(True, True, None if lag is None else int(lag), int(g["pending"]), int(length))
+                # Redis' lag drifts after an AOF reload (replayed reads do not move entries-read) or is null after
+                # deletions; undelivered entries can never outnumber the stream's entries that are not pending
+                pending, bound = int(g["pending"]), max(int(length) - int(g["pending"]), 0)
+                lag = bound if g.get("lag") is None else min(int(g["lag"]), bound)
+                return SourceState(True, True, lag, pending, int(length))
         return SourceState(True, False, length=int(length), error=f"consumer group {self.cfg.group} does not exist")
 
     # -- writing -----------------------------------------------------------------------------------------
