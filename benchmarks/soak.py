@@ -5,11 +5,12 @@ with one Redis outage in the middle, sampled every 30 s.
 
 A private redis-server (AOF on, so the outage is a stop and restart that keeps the data); a camera thread sends
 real Severstal JPEGs at `--fps` (retrying through the outage, as a camera's buffer would); the worker runs as its
-own process with metrics on. Every 30 s: worker RSS, Redis used_memory, frames and events stream lengths,
-consumer-group lag and pending, and a scrape of /metrics (frames, capture-to-event latency quantiles over the
-interval, reconnects). Growth per hour of worker RSS and Redis memory comes from a least-squares line over the
-samples after the first 5 minutes. Writes benchmarks/results/soak_cpu.json and the plots docs/soak.png (memory,
-streams) and docs/metrics.png (what a Grafana panel on /metrics shows: throughput, latency, lag).
+own process with metrics on. Every 30 s: worker RSS, Redis used_memory, frames and events stream lengths, and a
+scrape of /metrics (frames, capture-to-event latency quantiles over the interval, consumer-group lag and pending as
+the worker reports them, reconnects). Growth per hour of worker RSS and Redis memory comes from a least-squares
+line over the samples after the first 5 minutes. Writes benchmarks/results/soak_cpu.json and the plots
+docs/soak.png (memory, streams) and docs/metrics.png (what a Grafana panel on /metrics shows: throughput, latency,
+lag).
 """
 
 from __future__ import annotations
@@ -206,8 +207,6 @@ def main() -> None:
             try:
                 cur = scrape(port)
                 mem = client.info("memory")["used_memory"] / 2**20
-                groups = {g["name"].decode(): g for g in client.xinfo_groups("inspect:frames")}
-                g = groups.get("inspectors", {})
                 frames_len, events_len = client.xlen("inspect:frames"), client.xlen("inspect:events")
             except (OSError, redis.RedisError):
                 continue
@@ -215,7 +214,7 @@ def main() -> None:
             sample = {
                 "t_s": round(now - t0, 1), "worker_rss_mb": round(rss_mb(worker.pid), 1),
                 "redis_used_mb": round(mem, 2), "frames_len": frames_len, "events_len": events_len,
-                "lag": int(g.get("lag") or 0), "pending": int(g.get("pending", 0)), "sent": sent[0],
+                "lag": cur.get("inspector_group_lag"), "pending": cur.get("inspector_group_pending"), "sent": sent[0],
                 "frames_total": cur.get("inspector_frames_total", 0.0),
                 "fps": round((cur.get("inspector_frames_total", 0.0) - prev.get("inspector_frames_total", 0.0)) / dt,
                              2) if prev else None,

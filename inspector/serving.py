@@ -33,9 +33,10 @@ class ActiveEngine:
 def load_engine(config: Config, folder: str | Path | None = None) -> ActiveEngine:
     """Load, resolve, activate and warm up an engine folder; EngineError / ConfigError say what is wrong.
 
-    The warm-up runs a full batch (batching.batch_size): ONNX Runtime's memory arena and the CUDA caching
-    allocator grow to the largest batch they have seen and keep that size, so sizing them at start keeps the
-    worker's memory flat afterwards (a backlog after an outage would otherwise add ~300 MB on this model)."""
+    The warm-up runs full batches (batching.batch_size) and holds as many outputs at once as the pipeline can
+    (ring_depth + 1: queued, being post-processed, being produced): ONNX Runtime's memory arena and the CUDA
+    caching allocator grow to the most they have had to hold and keep that size, so reaching it at start keeps
+    the worker's memory flat afterwards (on the demo model a first backlog after an outage added ~300 MB)."""
     engine = engines.load(folder or config.engine.path)
     e = config.engine
     runner = backends.load(engine, e.backend, e.device, e.threads, e.fp16, e.cuda_graph_batches)
@@ -44,7 +45,10 @@ def load_engine(config: Config, folder: str | Path | None = None) -> ActiveEngin
     try:
         height, width = runner.input_shape
         n = max(1, min(config.batching.batch_size, engine.manifest.max_batch))
-        out = runner.infer(torch.zeros((n, 1, height, width), dtype=torch.uint8, device=runner.device))
+        frames = torch.zeros((n, 1, height, width), dtype=torch.uint8, device=runner.device)
+        held = [runner.infer(frames) for _ in range(config.batching.ring_depth + 1)]
+        out = held[0]
+        del held
         if tuple(out.probs.shape) != (n, len(params.thresholds), height, width):
             raise EngineError(f"{engine.path} outputs probabilities of shape {tuple(out.probs.shape)}, expected "
                               f"({n}, {len(params.thresholds)}, {height}, {width})")
