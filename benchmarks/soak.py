@@ -119,13 +119,18 @@ def plot(samples: list[dict], outage: tuple[float, float] | None, soak_png: Path
         """One figure: a panel per (y label, [(sample key, legend)], log scale), the outage shaded."""
         fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3 * len(panels)), sharex=True)
         for ax, (ylabel, lines, log) in zip(axes, panels, strict=True):
+            top = 0.0
             for key, label in lines:
-                ax.plot(t, [float("nan") if s[key] is None else s[key] for s in samples], label=label)
+                values = [float("nan") if s[key] is None else s[key] for s in samples]
+                ax.plot(t, values, label=label)
+                top = max([top, *(v for v in values if v == v)])
             if outage:
                 ax.axvspan(outage[0] / 60, outage[1] / 60, color="#f4b6b6", alpha=0.5, label="Redis stopped")
             ax.set_ylabel(ylabel)
             if log:
                 ax.set_yscale("log")
+            else:
+                ax.set_ylim(0, max(top * 1.3, 1))  # growth read against the whole, not a zoomed band
             ax.grid(alpha=0.3)
             ax.legend(loc="upper left")
         axes[0].set_title(title)
