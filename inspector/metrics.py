@@ -55,6 +55,17 @@ class Metrics:
         self.redis_up = Gauge("inspector_redis_up", "1 when the last Redis probe answered", registry=r)
         self.ready = Gauge("inspector_ready", "1 when the engine is loaded and Redis is reachable", registry=r)
         self.info = Info("inspector_engine", "The engine in service: id, backend, device and versions", registry=r)
+        # labelled children made once: a `.labels()` lookup per frame is most of what metrics cost
+        self.by_status = {s: self.events.labels(status=s) for s in ("ok", "rejected")}
+        self.by_result = {s: self.engine_swaps.labels(result=s) for s in ("done", "refused")}
+        self.by_class = {k: self.defects.labels(class_id=str(k)) for k in range(1, 5)}
+        self.by_stage: dict[str, Histogram] = {}
+
+    def stage_seconds(self, stage: str) -> Histogram:
+        child = self.by_stage.get(stage)
+        if child is None:
+            child = self.by_stage[stage] = self.stage.labels(stage=stage)
+        return child
 
     def engine(self, model_id: str, backend: str, device: str, versions: dict[str, str]) -> None:
         import torch

@@ -6,6 +6,7 @@ numbers an operator reads in the log, in Redis and on /metrics are the same numb
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections import deque
@@ -44,21 +45,22 @@ class Stats:
             if key in _SERIES:
                 getattr(m, _SERIES[key]).inc(value)
             elif key in ("ok", "rejected"):
-                m.events.labels(status=key).inc(value)
+                m.by_status[key].inc(value)
             elif key in ("engine_swaps", "engine_swaps_refused"):
-                m.engine_swaps.labels(result="done" if key == "engine_swaps" else "refused").inc(value)
+                m.by_result["done" if key == "engine_swaps" else "refused"].inc(value)
 
     def defects(self, class_ids: list[int]) -> None:
         self.add(defects=len(class_ids))
         if self.metrics is not None:
-            for class_id in class_ids:
-                self.metrics.defects.labels(class_id=str(class_id)).inc()
+            for class_id, n in collections.Counter(class_ids).items():
+                child = self.metrics.by_class.get(class_id) or self.metrics.defects.labels(class_id=str(class_id))
+                child.inc(n)
 
     def time(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.stage_s[stage] += seconds
         if self.metrics is not None:
-            self.metrics.stage.labels(stage=stage).observe(seconds)
+            self.metrics.stage_seconds(stage).observe(seconds)
 
     def inferred(self, frames: int, seconds: float) -> None:
         """One engine batch: its size and how long the engine took."""
