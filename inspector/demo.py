@@ -88,13 +88,13 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         kinds = ("truncated", "wrong_size", "unknown_encoding", "not_msgpack")
 
         def add_counted(batch: list[dict[bytes, bytes]]) -> None:
-            out = []
+            entries = []
             for fields in batch:  # malformed frames come in addition, so the camera's seq stays unbroken
-                out.append(fields)
-                if bad_every and (sent[0] + len(out)) % bad_every == 0:
-                    out.append(corrupt(kinds[(sent[0] + len(out)) // bad_every % 4]))
-            add(out)
-            sent[0] += len(out)
+                entries.append(fields)
+                if bad_every and (sent[0] + len(entries)) % bad_every == 0:
+                    entries.append(corrupt(kinds[(sent[0] + len(entries)) // bad_every % 4]))
+            add(entries)
+            sent[0] += len(entries)
 
         frames = messages(synthetic_payloads(seed, 48, "jpeg"), camera="demo-cam")
         feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps, stop.is_set), daemon=True)
