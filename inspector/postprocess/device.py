@@ -25,11 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inspector.parallel import each
 from inspector.postprocess import rules
 from inspector.postprocess.components import cvcuda_available, label_maps_cuda
 from inspector.postprocess.defects import defect_of_map, sorted_components
-from inspector.postprocess.masks import _POOL, WORKERS
+from inspector.postprocess.masks import on_pool
 from inspector.postprocess.params import PostprocessParams
 from inspector.protocol import Defect
 from inspector.rle import columns_first, from_runs
@@ -142,7 +141,7 @@ def _gated(probs: torch.Tensor, gate: torch.Tensor | None, params: PostprocessPa
         i, k, box = maps[j]
         return i, k, defect_of_map(_host_map(probs, i, k, box, crops[j]), k, None, params)
 
-    return _collect(n, c, each(one, list(range(len(maps))), _POOL, WORKERS))
+    return _collect(n, c, on_pool(one, list(range(len(maps)))))
 
 
 def _pack_bits(bits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

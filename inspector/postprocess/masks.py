@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import cv2
 import numpy as np
@@ -124,9 +124,12 @@ WORKERS = min(4, os.cpu_count() or 1)
 _POOL = ThreadPoolExecutor(max_workers=max(WORKERS - 1, 1), thread_name_prefix="postprocess")
 
 
+def on_pool(fn: Callable[[Any], T], items: list[Any], threads: int | None = None) -> list[T]:
+    """fn(item) for every item, results in order, on the post-processing pool: up to `threads` threads (default
+    WORKERS), the caller included. `fn` must not use the pool with more than one thread itself."""
+    return each(fn, items, _POOL, min(WORKERS, WORKERS if threads is None else threads))
+
+
 def for_each_map(fn: Callable[[int, int], T], n: int, c: int, threads: int | None = None) -> list[T]:
-    """fn(frame, class) for every map, results in (frame, class) order, on up to `threads` threads (default
-    WORKERS). `fn` must not call for_each_map with more than one thread itself."""
-    maps = [(i, k) for i in range(n) for k in range(c)]
-    workers = min(WORKERS, WORKERS if threads is None else threads)
-    return each(lambda m: fn(*m), maps, _POOL, workers)
+    """fn(frame, class) for every map, results in (frame, class) order (see on_pool)."""
+    return on_pool(lambda m: fn(*m), [(i, k) for i in range(n) for k in range(c)], threads)
