@@ -13,6 +13,7 @@ import socket
 import types
 import typing
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,54 @@ from inspector.errors import ConfigError
 
 REDIS_URL_ENV = "INSPECTOR_REDIS_URL"
 T = TypeVar("T")
+
+
+FRAMES_TRIM = ("all_groups", "own_group", "off")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A field's valid values, stated beside the field (`setting(...)`) and checked by `validate()`."""
+
+    ok: Callable[[Any], bool]
+    bounds: str  # e.g. ">= 1", "one of a, b"
+    fix: str | None = None  # what to write instead, when the bounds alone would not say it
+    each: bool = False  # a tuple field: every element must pass
+
+    def advice(self, hint: Any) -> str:
+        if self.fix:
+            return self.fix
+        if self.bounds.startswith("one of"):
+            return f"use {self.bounds}"
+        kind = {int: "an integer", float: "a number"}.get(hint, "a value")
+        return f"use {kind} {self.bounds}"
+
+
+def setting(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, choices: Sequence[str] | None = None,
+            each: bool = False, fix: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field whose valid range is written once, here: `batch_size: int = setting(8, ge=1)`.
+
+    Bounds and choices build the check and its fix text ("use a number >= 0"); a None value (an optional key
+    left unset) always passes. Rules that relate two keys live in the section's `check()`."""
+    tests: list[Callable[[Any], bool]] = []
+    words: list[str] = []
+    for bound, op, word in ((ge, float.__ge__, ">="), (gt, float.__gt__, ">"), (le, float.__le__, "<="),
+                            (lt, float.__lt__, "<")):
+        if bound is not None:
+            tests.append(lambda v, b=float(bound), o=op: o(float(v), b))
+            words.append(f"{word} {bound:g}")
+    if choices is not None:
+        allowed = tuple(choices)
+        tests.append(lambda v: v in allowed)
+        words.append("one of " + ", ".join(allowed))
+    metadata: dict[str, Any] = {}
+    if tests:
+        bounds = words[-1] if choices is not None else " and ".join(words)
+        metadata["rule"] = Rule(lambda v: v is None or all(t(v) for t in tests), bounds, fix, each)
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -36,19 +85,19 @@ class RedisConfig:
     stats_key: str = "inspect:stats"  # prefix of the worker's own keys: stats hashes, heartbeats, camera seq state
     group: str = "inspectors"
     consumer: str | None = None  # None: <hostname>-<worker_id>; must be stable across restarts
-    worker_id: int = 0
-    block_ms: int = 500  # XREADGROUP BLOCK; kept well under socket_timeout_s
-    socket_timeout_s: float = 10.0
-    heartbeat_ttl_ms: int = 3000  # a worker silent this long is dead: the others claim its pending frames
-    claim_every_s: float = 1.0  # how often a worker looks for dead workers' frames
-    max_deliveries: int = 6  # deliveries without an event before a frame goes to dead letters (last 2 alone)
-    events_maxlen: int = 200_000  # XADD MAXLEN ~ on the events stream (README: how long that lasts)
-    dead_maxlen: int = 100_000  # XADD MAXLEN ~ on the dead-letter stream
-    frames_trim: str = "all_groups"  # all_groups | own_group | off: which acks free a frame (README)
-    frames_retention_s: float = 0.0  # keep acknowledged frames this long (debugging) before trimming them
-    camera_state_ttl_s: int = 86_400  # a camera's seq tracking state is dropped after this long unseen
-    startup_wait_s: float = 30.0  # `inspector run` waits this long for Redis at start, then exits with the fix
-    stats_ttl_s: int = 60  # the stats hash of a worker that stopped reporting expires after this long
+    worker_id: int = setting(0, ge=0)
+    block_ms: int = setting(500, ge=1)  # XREADGROUP BLOCK; kept well under socket_timeout_s (check())
+    socket_timeout_s: float = setting(10.0, gt=0)
+    heartbeat_ttl_ms: int = setting(3000, ge=300, fix="use at least 300 ms")  # silent this long: dead, claimed
+    claim_every_s: float = setting(1.0, gt=0)  # how often a worker looks for dead workers' frames
+    max_deliveries: int = setting(6, ge=1)  # deliveries without an event before dead letters (last 2 alone)
+    events_maxlen: int = setting(200_000, ge=1)  # XADD MAXLEN ~ on the events stream (README: how long that lasts)
+    dead_maxlen: int = setting(100_000, ge=1)  # XADD MAXLEN ~ on the dead-letter stream
+    frames_trim: str = setting("all_groups", choices=FRAMES_TRIM)  # which acks free a frame (README)
+    frames_retention_s: float = setting(0.0, ge=0)  # keep acknowledged frames this long (debugging)
+    camera_state_ttl_s: int = setting(86_400, ge=1)  # a camera's seq tracking state is dropped after this unseen
+    startup_wait_s: float = setting(30.0, ge=0)  # `inspector run` waits this long for Redis, then exits with the fix
+    stats_ttl_s: int = setting(60, ge=1)  # the stats hash of a worker that stopped reporting expires after this
 
     def consumer_name(self) -> str:
         return self.consumer or f"{socket.gethostname()}-{self.worker_id}"
@@ -57,15 +106,22 @@ class RedisConfig:
         """The URL with any password replaced by ***, for messages and logs."""
         return redact(self.url or DEFAULT_URL)
 
+    def check(self) -> None:
+        if self.block_ms >= self.socket_timeout_s * 1000:
+            raise ConfigError("config key 'redis.block_ms' is out of range: use 1 <= block_ms < socket_timeout_s "
+                              "* 1000 (redis-py does not extend the socket timeout)")
+        if self.url is not None:
+            check_url(self.url)
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
     """Size-or-deadline batching: a batch closes at batch_size frames or max_wait_ms after its first frame."""
 
-    batch_size: int = 8
-    max_wait_ms: float = 20.0
-    ring_depth: int = 3  # staging buffers in flight (decode k+1 while the engine runs k)
-    decode_threads: int = 1  # JPEG/PNG decode threads beside the producer thread (0: the producer alone)
+    batch_size: int = setting(8, ge=1)
+    max_wait_ms: float = setting(20.0, ge=0)
+    ring_depth: int = setting(3, ge=2)  # staging buffers in flight (decode k+1 while the engine runs k)
+    decode_threads: int = setting(1, ge=0, le=64)  # JPEG/PNG decode threads beside the producer (0: it alone)
 
 
 @dataclass(frozen=True)
@@ -73,13 +129,22 @@ class EngineConfig:
     """Which engine folder to load and on what."""
 
     path: str = "engines/current"
-    backend: str = "auto"  # auto | one of inspector.backends.BACKENDS (see README "Backends")
-    device: str = "auto"  # auto (cuda when the backend can use it) | cpu | cuda
-    threads: int = 0  # intra-op CPU threads for torch / ONNX Runtime; 0 = library default
+    backend: str = "auto"  # auto | one of inspector.backends.BACKENDS (see README "Backends"; check())
+    device: str = "auto"  # auto (cuda when the backend can use it) | cpu | cuda (check())
+    threads: int = setting(0, ge=0)  # intra-op CPU threads for torch / ONNX Runtime; 0 = library default
     fp16: bool = True  # torch backend on CUDA: half precision
-    cuda_graph_batches: tuple[int, ...] = (1, 8, 16, 32)  # torch on CUDA: graphs captured at start, batches padded
+    cuda_graph_batches: tuple[int, ...] = setting((1, 8, 16, 32), ge=1, each=True,
+                                                  fix="use batch sizes >= 1")  # torch on CUDA: graphs at start
     watch: bool = True  # load a new engine when `path` points somewhere new (and on SIGHUP), without a stop
-    watch_every_s: float = 2.0
+    watch_every_s: float = setting(2.0, gt=0)
+
+    def check(self) -> None:
+        from inspector.backends import BACKENDS, DEVICES
+
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ConfigError(f"config key 'engine.backend' is out of range: use one of auto, {', '.join(BACKENDS)}")
+        if self.device != "auto" and self.device not in DEVICES:
+            raise ConfigError(f"config key 'engine.device' is out of range: use one of auto, {', '.join(DEVICES)}")
 
 
 @dataclass(frozen=True)
@@ -91,27 +156,37 @@ class PostprocessConfig:
     min_class_area: tuple[int, ...] | None = None
     presence_threshold: tuple[float, ...] | None = None
 
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and len(value) != 4:
+                raise ConfigError(f"config key 'postprocess.{f.name}' needs 4 values (one per class), got {value}")
+
 
 @dataclass(frozen=True)
 class CameraConfig:
     """What the cameras send: the rate the worker must keep up with, the frame geometry and what is plausible."""
 
-    fps: float = 4.0  # the rate to meet (bench reports meets_camera_rate against it)
-    height: int = 256
-    width: int = 1600
-    max_payload_bytes: int = 4_000_000  # larger frame payloads are rejected before decoding
-    max_seq_jump: int = 100_000  # a forward seq jump larger than this is a camera restart, not a gap
-    max_clock_skew_s: float = 3600.0  # capture times further than this from the worker's clock are implausible
+    fps: float = setting(4.0, gt=0)  # the rate to meet (bench reports meets_camera_rate against it)
+    height: int = setting(256, ge=1)
+    width: int = setting(1600, ge=1)
+    max_payload_bytes: int = setting(4_000_000, ge=1024, fix="use at least 1024")  # larger: rejected before decode
+    max_seq_jump: int = setting(100_000, ge=1)  # a forward seq jump larger than this is a camera restart, not a gap
+    max_clock_skew_s: float = setting(3600.0, gt=0)  # capture times further than this from our clock: implausible
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     """Prometheus metrics and health endpoints, and the worker's own reporting."""
 
-    address: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz; None: off
-    live_timeout_s: float = 30.0  # /healthz and the systemd watchdog fail when a loop made no progress this long
-    report_every_s: float = 5.0  # stats hash, summary log line, systemd STATUS=
-    stop_timeout_s: float = 20.0  # a warm stop gives up publishing after this long (Redis away): frames stay pending
+    address: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz; None: off (check())
+    live_timeout_s: float = setting(30.0, gt=0)  # /healthz and the watchdog fail when a loop stalls this long
+    report_every_s: float = setting(5.0, gt=0)  # stats hash, summary log line, systemd STATUS=
+    stop_timeout_s: float = setting(20.0, ge=0)  # a warm stop gives up publishing after this long (Redis away)
+
+    def check(self) -> None:
+        if self.address is not None:
+            parse_address(self.address)
 
 
 @dataclass(frozen=True)
@@ -124,55 +199,25 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> Config:
-        from inspector.backends import BACKENDS, DEVICES
-
-        r, b, e, c, m = self.redis, self.batching, self.engine, self.camera, self.metrics
-        checks = [
-            ("batching.batch_size", b.batch_size >= 1, "use an integer >= 1"),
-            ("batching.max_wait_ms", b.max_wait_ms >= 0, "use a number >= 0"),
-            ("batching.ring_depth", b.ring_depth >= 2, "use an integer >= 2"),
-            ("batching.decode_threads", 0 <= b.decode_threads <= 64, "use an integer in 0..64"),
-            ("redis.block_ms", 1 <= r.block_ms < r.socket_timeout_s * 1000,
-             "use 1 <= block_ms < socket_timeout_s * 1000 (redis-py does not extend the socket timeout)"),
-            ("redis.socket_timeout_s", r.socket_timeout_s > 0, "use a number > 0"),
-            ("redis.max_deliveries", r.max_deliveries >= 1, "use an integer >= 1"),
-            ("redis.heartbeat_ttl_ms", r.heartbeat_ttl_ms >= 300, "use at least 300 ms"),
-            ("redis.claim_every_s", r.claim_every_s > 0, "use a number > 0"),
-            ("redis.events_maxlen", r.events_maxlen >= 1, "use an integer >= 1"),
-            ("redis.dead_maxlen", r.dead_maxlen >= 1, "use an integer >= 1"),
-            ("redis.frames_trim", r.frames_trim in FRAMES_TRIM, f"use one of {', '.join(FRAMES_TRIM)}"),
-            ("redis.frames_retention_s", r.frames_retention_s >= 0, "use a number >= 0"),
-            ("redis.camera_state_ttl_s", r.camera_state_ttl_s >= 1, "use an integer >= 1"),
-            ("redis.startup_wait_s", r.startup_wait_s >= 0, "use a number >= 0"),
-            ("redis.stats_ttl_s", r.stats_ttl_s >= 1, "use an integer >= 1"),
-            ("engine.backend", e.backend == "auto" or e.backend in BACKENDS,
-             f"use one of auto, {', '.join(BACKENDS)}"),
-            ("engine.device", e.device == "auto" or e.device in DEVICES, f"use one of auto, {', '.join(DEVICES)}"),
-            ("engine.cuda_graph_batches", all(n >= 1 for n in e.cuda_graph_batches), "use batch sizes >= 1"),
-            ("engine.watch_every_s", e.watch_every_s > 0, "use a number > 0"),
-            ("camera.fps", c.fps > 0, "use a number > 0"),
-            ("camera.max_payload_bytes", c.max_payload_bytes >= 1024, "use at least 1024"),
-            ("camera.max_seq_jump", c.max_seq_jump >= 1, "use an integer >= 1"),
-            ("camera.max_clock_skew_s", c.max_clock_skew_s > 0, "use a number > 0"),
-            ("metrics.live_timeout_s", m.live_timeout_s > 0, "use a number > 0"),
-            ("metrics.report_every_s", m.report_every_s > 0, "use a number > 0"),
-            ("metrics.stop_timeout_s", m.stop_timeout_s >= 0, "use a number >= 0"),
-        ]
-        for key, ok, fix in checks:
-            if not ok:
-                raise ConfigError(f"config key '{key}' is out of range: {fix}")
-        for name in ("thresholds", "min_component_area", "min_class_area", "presence_threshold"):
-            value = getattr(self.postprocess, name)
-            if value is not None and len(value) != 4:
-                raise ConfigError(f"config key 'postprocess.{name}' needs 4 values (one per class), got {value}")
-        if r.url is not None:
-            check_url(r.url)
-        if m.address is not None:
-            parse_address(m.address)
+        """Every section's field rules (`setting`), then its `check()` for rules that relate keys."""
+        for sec in dataclasses.fields(self):
+            validate_section(getattr(self, sec.name), sec.name)
         return self
 
 
-FRAMES_TRIM = ("all_groups", "own_group", "off")
+def validate_section(part: Any, prefix: str) -> None:
+    """ConfigError naming the first key of `part` (a section dataclass) that breaks its rule."""
+    for f in dataclasses.fields(part):
+        rule: Rule | None = f.metadata.get("rule")
+        value = getattr(part, f.name)
+        if rule is not None and not all(rule.ok(v) for v in (value if rule.each else (value,))):
+            hint = typing.get_type_hints(type(part))[f.name]
+            raise ConfigError(f"config key '{prefix}.{f.name}' is out of range: {rule.advice(hint)}")
+    check = getattr(part, "check", None)
+    if check is not None:
+        check()
+
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
