@@ -79,7 +79,7 @@ def feed(add: Callable[[list[dict[bytes, bytes]]], None], frames: Iterator[Frame
 
 
 def redis_adder(client: Any, key: str, wait_replicas: int = 0, wait_ms: int = 1000, outage_s: float = 0.0,
-                where: str = "Redis") -> Callable[[list[dict[bytes, bytes]]], None]:
+                where: str = "the frames stream's server") -> Callable[[list[dict[bytes, bytes]]], None]:
     """`add` for feed(): XADD a batch with one pipelined round trip, on the node that holds `key`; never trims.
 
     wait_replicas N > 0: WAIT N in the same round trip (one connection), and wait again until N replicas hold
@@ -97,7 +97,7 @@ class _RedisAdder:
         self.wait_replicas, self.wait_ms, self.outage_s = wait_replicas, wait_ms, outage_s
 
     def __call__(self, batch: list[dict[bytes, bytes]]) -> None:
-        failed_since, wait = None, 0.1
+        failed_since, wait, logged = None, 0.05, 0.0
         while True:
             try:
                 return self._send(batch)
@@ -108,11 +108,13 @@ class _RedisAdder:
                 failed_since = failed_since or now
                 if self.outage_s <= 0 or now - failed_since > self.outage_s:
                     raise SourceUnavailable(f"{exc} (gave up after {now - failed_since:.0f} s)") from None
-                if wait == 0.1 or wait >= 2.0:
-                    log.warning("feed: %s; sending the %d frame(s) again in %.1f s (a frame may arrive twice)",
-                                exc, len(batch), wait)
-                time.sleep(wait)
-                wait = min(wait * 2, 2.0)
+                if now - logged >= 5.0:  # the first failure of an outage, then every 5 s
+                    log.warning("feed: %s; sending the %d frame(s) again (retrying for up to %g s; a frame may "
+                                "arrive twice)", exc, len(batch), self.outage_s)
+                    logged = now
+                time.sleep(wait)  # a retry costs one connection attempt: keep them frequent (a camera buffers)
+                wait = min(wait * 2, 0.5)
+                topology_changed(self.client)  # the slot map as it is now, not as it was at the failure
 
     def _pipeline(self) -> Any:
         return self._guard(lambda: slot_client(self.client, self.key).pipeline(transaction=False))
@@ -121,7 +123,6 @@ class _RedisAdder:
         try:
             return fn()
         except (redis.RedisError, RedisClusterException) as exc:
-            topology_changed(self.client)
             raise classify(exc, self.where, "adding frames") from None
 
     def _send(self, batch: list[dict[bytes, bytes]]) -> None:

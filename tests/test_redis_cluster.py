@@ -113,7 +113,7 @@ class Camera(threading.Thread):
 
     def __init__(self, client, key: str, count: int, fps: float, wait_replicas: int) -> None:
         super().__init__(daemon=True)
-        self.add = redis_adder(client, key, wait_replicas, 1000, outage_s=60.0, where="the cluster")
+        self.add = redis_adder(client, key, wait_replicas, 1000, outage_s=60.0, where="the line's Redis")
         self.frames = messages(synthetic_payloads(0, 4), "cam-f")
         self.count, self.fps = count, fps
         self.confirmed: list[str] = []
@@ -126,7 +126,7 @@ class Camera(threading.Thread):
 
         try:
             feed(add, self.frames, self.count, self.fps)
-        except Exception as exc:  # noqa: BLE001 (reported by the test)
+        except Exception as exc:  # reported by the test
             self.error = exc
 
 

@@ -116,6 +116,7 @@ class RedisStreams:
         self._trim_acked = False  # Redis 8.2+: XTRIM ... ACKED
         self._unconfirmed: tuple[list[str], Published] | None = None  # published, not yet on enough replicas
         self._registered: tuple[Any, Any, Any] | None = None  # (client, PUBLISH, CLAIM)
+        self._stale_map = False  # cluster: re-read the slot map before the next call on the slot's node
 
     @property
     def client(self) -> Any:
@@ -327,13 +328,16 @@ class RedisStreams:
 
     def _slot_pipeline(self, doing: str) -> Any:
         """A pipeline on the node that holds the line's slot: a write and its WAIT share one connection."""
+        if self._stale_map:  # the last call there failed: the slot map as it is now, not as it was then
+            clients.topology_changed(self.client)
+            self._stale_map = False
         return self._on_slot(doing, lambda: clients.slot_client(self.client, self.keys.frames).pipeline(False))
 
     def _on_slot(self, doing: str, fn: Any) -> Any:
         try:
             return self._call(doing, fn)
         except SourceError:
-            clients.topology_changed(self.client)  # that node may be gone or demoted: re-read the slot map
+            self._stale_map = True  # that node may be gone or demoted
             raise
 
     def _confirm(self, result: Published) -> Published:
