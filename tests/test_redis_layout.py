@@ -57,7 +57,7 @@ def test_old_names_keep_working_in_standalone(redis_url, tiny_engine) -> None:
     drain(pipe)
     pipe.sink.report({"frames": 5.0})
     pipe.close()
-    assert len(events(client, "inspect:events")) == 5 and client.xlen("inspect:{main}:events") == 0
+    assert len(events(client, "inspect:events")) == 6 and client.xlen("inspect:{main}:events") == 0
     assert client.hget("inspect:frames:camera:inspectors:cam", "gaps") == b"1"  # camera state beside its stream
     assert client.exists("inspect:stats:test-worker")
     assert not any(b"{main}" in k for k in client.scan_iter())
