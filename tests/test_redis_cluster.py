@@ -173,5 +173,24 @@ def test_master_killed_mid_stream(acked: int, redis_cluster, cluster_url, tiny_e
         assert lost == []  # nothing the camera was told is stored went missing
     else:
         assert len(lost) <= FEED_BATCH  # README: at most the last round trip of each writer before the kill
-    assert "Traceback" not in (tmp_path / "worker.log").read_text()
+    text = (tmp_path / "worker.log").read_text()
+    assert "Traceback" not in text and "retrying" in text  # the failover was retried, visibly
+    close(client)
+
+
+def test_bench_on_a_cluster_uses_its_own_keys_and_removes_them(redis_cluster, cluster_url, tiny_engine,
+                                                                tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from inspector.cli import main
+
+    cfg_file = cluster_yaml(tmp_path, cluster_url)
+    client = connect(config.load(cfg_file).redis)
+    client.xadd("inspect:{main}:frames", {b"f": b"production"})
+    out = CliRunner().invoke(main, ["bench", "--redis", "--config", str(cfg_file), "--engine", str(tiny_engine),
+                                    "--frames", "8", "--batch-size", "4", "--threads", "1", "--json"])
+    assert out.exit_code == 0, out.output
+    assert '"frames": 8' in out.output
+    assert sorted(client.scan_iter()) == [b"inspect:{main}:frames"]  # the bench's keys gone, on every node
+    assert client.xlen("inspect:{main}:frames") == 1
     close(client)
