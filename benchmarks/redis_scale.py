@@ -6,8 +6,9 @@ process spent, and how long a failover takes (Cluster and Sentinel).
 Throughput: 3 lines, each with a camera process (`inspector feed`'s sender, flat out, 16 frames per round trip)
 and a worker process (the real `RedisStreams` read, fenced publish script, acks, seq tracking and trim, with an
 instant "engine": a 60-byte event per frame), so the figure is what Redis and the client library carry, not the
-model. Run 1: one redis-server holds the three lines. Run 2: a Redis Cluster, 3 masters + 3 replicas, one line
-per master. Each Redis process's CPU comes from INFO cpu (used_cpu_user + used_cpu_sys) before and after.
+model. Run 1: one redis-server holds the three lines. Run 2: the same with a replica (what replication alone
+costs the master). Run 3: a Redis Cluster, 3 masters + 3 replicas, one line per master. Each Redis process's CPU
+comes from INFO cpu (used_cpu_user + used_cpu_sys) before and after.
 
 Failover: one line on a cluster, a camera at 50 frames/s riding out the failover (`redis_adder` with outage_s) and a
 worker; the line's master is SIGKILLed; timed until the replica is promoted, until a frame is accepted again and
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,8 +85,6 @@ def worker(redis_settings: dict[str, Any], frames: int, stop_after_s: float = 60
 
 
 def cpu_seconds(ports: list[int]) -> dict[int, float]:
-    import redis
-
     out = {}
     for port in ports:
         info = redis.Redis(port=port).info("cpu")
@@ -94,18 +94,29 @@ def cpu_seconds(ports: list[int]) -> dict[int, float]:
 
 def throughput(kind: str, frames: int, encoding: str) -> dict[str, Any]:
     """3 lines through one instance or a 3-master cluster, each with its camera and worker process."""
-    setup: Any = PrivateRedis(maxmemory="4gb") if kind == "standalone" else PrivateCluster(3, maxmemory="2gb")
+    replica = None
+    if kind == "cluster":
+        setup: Any = PrivateCluster(3, maxmemory="2gb")
+    else:
+        setup = PrivateRedis(maxmemory="4gb")
     url = setup.start()
-    ports = [setup.port] if kind == "standalone" else list(setup.nodes)
+    ports = list(setup.nodes) if kind == "cluster" else [setup.port]
+    if kind == "replicated":  # one server and a replica: what replication alone costs the master
+        replica = PrivateRedis(maxmemory="4gb", extra=("--replicaof", "127.0.0.1", str(setup.port)))
+        replica.start()
+        ports.append(replica.port)
+        while redis.Redis(port=replica.port).info("replication")["master_link_status"] != "up":
+            time.sleep(0.05)
     try:
-        if kind == "standalone":
+        if kind != "cluster":
             lines = [f"line{i}" for i in range(LINES)]
         else:
             chosen: dict[int, str] = {}
             for i in range(1000):
                 chosen.setdefault(setup.master_of(line_key(f"line{i}", "frames")), f"line{i}")
             lines = sorted(chosen.values())[:LINES]
-        settings = [{"url": url, "mode": kind, "line": line, "consumer": f"w-{line}"} for line in lines]
+        mode = "cluster" if kind == "cluster" else "standalone"
+        settings = [{"url": url, "mode": mode, "line": line, "consumer": f"w-{line}"} for line in lines]
         for s in settings:  # groups first: frames sent before a worker starts count too
             RedisStreams(config.load(None, **{f"redis__{k}": v for k, v in s.items()}).redis).wait_ready(30)
         before, t0 = cpu_seconds(ports), time.monotonic()
@@ -117,9 +128,9 @@ def throughput(kind: str, frames: int, encoding: str) -> dict[str, Any]:
             p.join()
         elapsed = time.monotonic() - t0
         after = cpu_seconds(ports)
-        roles = {p: setup.client(p).info("replication")["role"] if kind != "standalone" else "master" for p in ports}
+        roles = {p: redis.Redis(port=p).info("replication")["role"] for p in ports}
         total = frames * LINES
-        served = frames * (LINES if kind == "standalone" else 1)  # each cluster master (and replica) serves a line
+        served = frames * (1 if kind == "cluster" else LINES)  # each cluster master (and replica) serves a line
         per_instance = [{"port": p, "role": roles[p], "frames_served": served, "cpu_s": round(after[p] - before[p], 2),
                          "cpu_share": round((after[p] - before[p]) / elapsed, 3),
                          "cpu_ms_per_frame_served": round((after[p] - before[p]) / served * 1000, 4)} for p in ports]
@@ -129,6 +140,8 @@ def throughput(kind: str, frames: int, encoding: str) -> dict[str, Any]:
                 "frames_per_s": round(total / elapsed, 1), "per_instance": per_instance,
                 "redis_bound_frames_per_s": round(1000 / busiest * (total / served), 0)}
     finally:
+        if replica is not None:
+            replica.stop()
         setup.stop()
 
 
@@ -199,7 +212,7 @@ def main() -> None:
     runs = []
     for encoding in args.encodings.split(","):
         frames = args.frames if encoding == "jpeg" else max(args.frames // 4, 1)
-        for kind in ("standalone", "cluster"):
+        for kind in ("standalone", "replicated", "cluster"):
             run = throughput(kind, frames, encoding)
             runs.append({"encoding": encoding, "payload_bytes": len(synthetic_payloads(0, 1, encoding)[0][0]),
                          **run})
