@@ -1,5 +1,6 @@
 """Past one Redis: the worker on a real Sentinel set-up (a master, a replica, three sentinels on loopback) whose
-master is SIGKILLed mid-stream: the worker follows the promotion, and with min_replicas_acked 1 nothing is lost."""
+master is SIGKILLed mid-stream: the worker follows the promotion, and with min_replicas_acked 1 nothing is lost;
+and what min_replicas_acked does while a replica is away."""
 
 from __future__ import annotations
 
@@ -78,3 +79,45 @@ def new_events(client, keys) -> list[dict]:
     from inspector.protocol import EVENT_FIELD, unpack_event
 
     return [unpack_event(f[EVENT_FIELD]) for _, f in client.xrevrange(keys.events, count=5)]
+
+
+def test_publish_waits_for_its_replica_and_is_never_redone(tiny_engine) -> None:
+    """min_replicas_acked 1 with the replica down: publish raises (retried by the worker) and, asked again with the
+    same batch, confirms it instead of publishing it twice; once the replica is back the batch counts as done."""
+    import redis
+
+    from inspector.errors import SourceUnavailable
+    from inspector.feed import messages, synthetic_payloads
+    from inspector.io.base import Outcome
+    from inspector.io.redis_server import PrivateRedis
+    from inspector.io.redis_streams import RedisStreams
+    from inspector.protocol import FRAME_FIELD
+
+    with PrivateRedis() as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        replica = PrivateRedis(extra=("--replicaof", "127.0.0.1", str(port)))
+        replica.start()
+        try:
+            client = redis.Redis.from_url(url)
+            wait_for(lambda: client.info("replication")["connected_slaves"] == 1, what="the replica")
+            cfg = config.load(None, url, redis__consumer="c1", redis__min_replicas_acked=1,
+                              redis__replica_wait_ms=200).redis
+            source = RedisStreams(cfg)
+            gen = messages(synthetic_payloads(0, 1), "cam")
+            for _ in range(3):
+                client.xadd(cfg.keys().frames, {FRAME_FIELD: next(gen).pack()})
+            batch = [Outcome(e, b"e", None, "cam", i) for i, e in enumerate(source.read(3, None))]
+            replica.kill()
+            for _ in range(2):  # the worker's retries while the replica is away
+                with pytest.raises(SourceUnavailable, match="held by 0 of the 1 replicas"):
+                    source.publish(batch)
+            assert client.xlen(cfg.keys().events) == 3  # published once, on the master
+            replica.start()
+            wait_for(lambda: client.info("replication").get("slave0", {}).get("state") == "online",
+                     what="the replica back in sync")
+            assert source.publish(batch).done == [True, True, True]  # confirmed, not redone
+            assert client.xlen(cfg.keys().events) == 3 and client.xpending(cfg.keys().frames, "inspectors")[
+                "pending"] == 0
+            source.close()
+        finally:
+            replica.stop()

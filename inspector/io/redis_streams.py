@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -115,14 +116,18 @@ class RedisStreams:
         self._group_ready = False
         self._trim_acked = False  # Redis 8.2+: XTRIM ... ACKED
         self._unconfirmed: tuple[list[str], Published] | None = None  # published, not yet on enough replicas
-        self._registered: tuple[Any, Any, Any] | None = None  # (client, PUBLISH, CLAIM)
+        self._registered: tuple[Any, Any] | None = None  # PUBLISH and CLAIM (consumer thread)
+        self._connecting = threading.Lock()
         self._stale_map = False  # cluster: re-read the slot map before the next call on the slot's node
 
     @property
     def client(self) -> Any:
-        """The client, made on first use (a cluster client reads the slot map when made: it may be away)."""
+        """The client, made on first use by whichever thread comes first (a cluster client reads the slot map
+        when made: the cluster may be away)."""
         if self._client is None:
-            self._client = clients.connect(self.cfg)
+            with self._connecting:
+                if self._client is None:
+                    self._client = clients.connect(self.cfg)
         return self._client
 
     # -- set-up ------------------------------------------------------------------------------------------
@@ -248,10 +253,9 @@ class RedisStreams:
 
     def _scripts(self) -> tuple[Any, Any]:
         """PUBLISH and CLAIM registered on the client (redis-py loads them where they run, again after NOSCRIPT)."""
-        if self._registered is None or self._registered[0] is not self.client:
-            self._registered = (self.client, self.client.register_script(PUBLISH),
-                                self.client.register_script(CLAIM))
-        return self._registered[1], self._registered[2]
+        if self._registered is None:
+            self._registered = (self.client.register_script(PUBLISH), self.client.register_script(CLAIM))
+        return self._registered
 
     # -- liveness and state ------------------------------------------------------------------------------
     def heartbeat(self) -> None:
