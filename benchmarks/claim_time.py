@@ -36,7 +36,8 @@ from inspector.io.redis_server import PrivateRedis  # noqa: E402
 from inspector.protocol import EVENT_FIELD, unpack_event  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "severstal-sample"
-FRAMES, EVENTS, GROUP = "inspect:frames", "inspect:events", "inspectors"
+_KEYS = Config().redis.keys()  # the shipped layout: inspect:{main}:frames, ...
+FRAMES, EVENTS, GROUP = _KEYS.frames, _KEYS.events, _KEYS.group
 
 
 def pending_ids(client: redis.Redis, consumer: str) -> set[str]:

@@ -35,9 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inspector.bench import environment  # noqa: E402
+from inspector.config import RedisConfig  # noqa: E402
 from inspector.feed import folder_payloads, messages  # noqa: E402
 from inspector.io.redis_server import PrivateRedis, free_port  # noqa: E402
 from inspector.protocol import FRAME_FIELD  # noqa: E402
+
+KEYS = RedisConfig().keys()  # the shipped layout: inspect:{main}:frames, ...
 
 REAL = ROOT.parent / "shared" / "data" / "severstal-sample"
 
@@ -98,7 +101,7 @@ def camera(url: str, fps: float, stop: threading.Event, sent: list[int]) -> None
                 time.sleep(min(delay, 0.5))
                 continue
             try:  # captured now: the frame left the camera when it was due
-                client.xadd("inspect:frames", {FRAME_FIELD: dataclasses.replace(msg, ts=time.time()).pack()})
+                client.xadd(KEYS.frames, {FRAME_FIELD: dataclasses.replace(msg, ts=time.time()).pack()})
                 sent[0] += 1
                 break
             except redis.RedisError:
@@ -212,7 +215,7 @@ def main() -> None:
             try:
                 cur = scrape(port)
                 mem = client.info("memory")["used_memory"] / 2**20
-                frames_len, events_len = client.xlen("inspect:frames"), client.xlen("inspect:events")
+                frames_len, events_len = client.xlen(KEYS.frames), client.xlen(KEYS.events)
             except (OSError, redis.RedisError):
                 continue
             dt = now - prev_t
@@ -234,7 +237,7 @@ def main() -> None:
         cam.join(10)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # let the backlog drain: every frame sent gets its event
-            g = {x["name"].decode(): x for x in client.xinfo_groups("inspect:frames")}["inspectors"]
+            g = {x["name"].decode(): x for x in client.xinfo_groups(KEYS.frames)}["inspectors"]
             if int(g.get("lag") or 0) == 0 and int(g["pending"]) == 0:
                 break
             time.sleep(1)

@@ -17,16 +17,20 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from inspector import config as config_mod
 from inspector.config import Config
 from inspector.feed import feed, folder_payloads, messages, redis_adder, synthetic_payloads
 from inspector.health import Health, app, serve
+from inspector.io import client as clients
 from inspector.io.isolation import private_keys, remove_keys
 from inspector.io.memory import MemoryStreams
 from inspector.metrics import Metrics
@@ -195,17 +199,20 @@ def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic",
     from inspector.io.redis_server import PrivateRedis
 
     server = None
-    if cfg.redis.url is None:
+    if cfg.redis.url is None and cfg.redis.mode == "standalone":
         server = PrivateRedis()
         cfg = config_mod.replace(cfg, redis={"url": server.start()})
     cfg = private_keys(_bench_config(cfg), "bench")
-    client = redis.Redis.from_url(cfg.redis.url)
+    client = clients.connect(cfg.redis)
     pipe = None
+    folder = tempfile.TemporaryDirectory(prefix="bench-")
     try:
         pipe = from_config(cfg)
-        _warm_up(pipe, redis_adder(client, cfg.redis.frames_key), _payloads(source, encoding))
-        cmd = [sys.executable, "-m", "inspector.cli", "feed", "--redis-url", cfg.redis.url, "--frames-key",
-               cfg.redis.frames_key, "--count", str(frames), "--fps", str(rate), "--encoding", encoding,
+        _warm_up(pipe, redis_adder(client, cfg.redis.keys().frames), _payloads(source, encoding))
+        settings = Path(folder.name) / "redis.yaml"  # the feeder process reaches the same Redis and line
+        settings.write_text(yaml.safe_dump({"redis": clients.settings(cfg.redis)}))
+        cmd = [sys.executable, "-m", "inspector.cli", "feed", "--config", str(settings), "--frames-key",
+               cfg.redis.keys().frames, "--count", str(frames), "--fps", str(rate), "--encoding", encoding,
                "--camera", "bench"] + ([] if source == "synthetic" else ["--folder", source])
         feeder = subprocess.Popen(cmd)
         with _scraped(with_metrics) as metrics:
@@ -218,7 +225,8 @@ def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic",
             pipe.close()
         with contextlib.suppress(redis.RedisError):
             remove_keys(client, cfg)
-        client.close()
+        clients.close(client)
+        folder.cleanup()
         if server is not None:
             server.stop()
 

@@ -82,14 +82,29 @@ def main() -> None:
 @click.option("--metrics-address", default=None, help="HOST:PORT for /metrics, /healthz, /readyz (metrics.address).")
 @click.option("--worker-id", type=int, default=None,
               help="redis.worker_id: the consumer is <hostname>-<id> (one per unit of inspector@.service).")
+@click.option("--line", default=None, help="redis.line: the line to serve (its streams carry the hash tag {LINE}).")
+@click.option("--instance", default=None, metavar="LINE-N",
+              help="Line and worker id in one word, as config/inspector@.service passes its %i (hot-strip-1).")
 def run(config_path: str | None, redis_url: str | None, burst: bool, metrics_address: str | None,
-        worker_id: int | None, **engine: Any) -> None:
+        worker_id: int | None, line: str | None, instance: str | None, **engine: Any) -> None:
     """The service: read frames, publish one event per frame, until SIGTERM (SIGHUP: load the engine anew)."""
     from inspector import service
 
-    cfg = _load(config_path, redis_url, metrics__address=metrics_address, redis__worker_id=worker_id, **engine)
+    if instance is not None:
+        line, worker_id = _instance(instance, line, worker_id)
+    cfg = _load(config_path, redis_url, metrics__address=metrics_address, redis__worker_id=worker_id,
+                redis__line=line, **engine)
     stats = service.run(cfg, burst=burst)
     click.echo(json.dumps(stats.snapshot()))
+
+
+def _instance(instance: str, line: str | None, worker_id: int | None) -> tuple[str, int]:
+    """`LINE-N` -> (LINE, N): the template unit's instance name."""
+    name, _, number = instance.rpartition("-")
+    if not name or not number.isdigit() or line is not None or worker_id is not None:
+        raise click.BadParameter(f"{instance!r}: write LINE-N (e.g. hot-strip-1), without --line or --worker-id",
+                                 param_hint="--instance")
+    return name, int(number)
 
 
 @main.command()
@@ -102,27 +117,30 @@ def run(config_path: str | None, redis_url: str | None, burst: bool, metrics_add
 @click.option("--count", type=int, default=100, help="Frames to send.")
 @click.option("--camera", default="cam-0")
 @click.option("--seed", type=int, default=0, help="Synthetic camera seed.")
-@click.option("--frames-key", default=None, help="Frames stream (default from config).")
+@click.option("--frames-key", default=None, help="Frames stream (default from config: the line's).")
+@click.option("--line", default=None, help="redis.line: feed this line's frames stream.")
 @click.option("--start-seq", type=int, default=0, help="First seq number of the camera.")
+@click.option("--wait-replicas", type=int, default=None,
+              help="WAIT until this many replicas hold each batch (default redis.min_replicas_acked).")
 def feed(config_path: str | None, redis_url: str | None, folder: str | None, encoding: str, fps: float,
-         count: int, camera: str, seed: int, frames_key: str | None, start_seq: int) -> None:
-    """Push frames into the frames stream (a stand-in for the cameras)."""
-    import redis
-
+         count: int, camera: str, seed: int, frames_key: str | None, line: str | None, start_seq: int,
+         wait_replicas: int | None) -> None:
+    """Push frames into the frames stream (a stand-in for the cameras); rides out failovers for
+    redis.startup_wait_s, sending a batch again (a frame may arrive twice, never zero times)."""
     from inspector import feed as feeding
-    from inspector.config import DEFAULT_URL
-    from inspector.io.redis_streams import classify
+    from inspector.io import client as clients
 
-    cfg = _load(config_path, redis_url)
+    cfg = _load(config_path, redis_url, redis__line=line, redis__min_replicas_acked=wait_replicas)
     payloads = (feeding.folder_payloads(folder, encoding) if folder
                 else feeding.synthetic_payloads(seed, 32, encoding))
-    client = redis.Redis.from_url(cfg.redis.url or DEFAULT_URL)
-    key = frames_key or cfg.redis.frames_key
+    client = clients.connect(cfg.redis)
+    key = frames_key or cfg.redis.keys().frames
+    add = feeding.redis_adder(client, key, cfg.redis.min_replicas_acked, cfg.redis.replica_wait_ms,
+                              cfg.redis.startup_wait_s, clients.where(cfg.redis))
     try:
-        sent = feeding.feed(feeding.redis_adder(client, key), feeding.messages(payloads, camera, start_seq), count,
-                            fps)
-    except redis.RedisError as exc:
-        raise Failed(classify(exc, cfg.redis.safe_url(), "adding frames")) from None
+        sent = feeding.feed(add, feeding.messages(payloads, camera, start_seq), count, fps)
+    finally:
+        clients.close(client)
     click.echo(f"sent {sent} frames to {key}", err=True)
 
 

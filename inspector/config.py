@@ -21,12 +21,15 @@ from typing import Any, TypeVar
 import yaml
 
 from inspector.errors import ConfigError
+from inspector.io.keys import CONFIGURED, LineKeys
+from inspector.io.keys import check as check_keys
 
 REDIS_URL_ENV = "INSPECTOR_REDIS_URL"
 T = TypeVar("T")
 
 
 FRAMES_TRIM = ("all_groups", "own_group", "off")
+REDIS_MODES = ("standalone", "cluster", "sentinel")
 
 
 @dataclass(frozen=True)
@@ -76,16 +79,22 @@ def setting(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: 
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """Where frames come from and events go (see README "Protocol")."""
+    """Where frames come from and events go (see README "Protocol" and "Scaling past one Redis")."""
 
     url: str | None = None  # None: `inspector run` uses redis://127.0.0.1:6379/0; `inspector demo` starts one
-    frames_key: str = "inspect:frames"
-    events_key: str = "inspect:events"
-    dead_key: str = "inspect:frames:dead"
-    stats_key: str = "inspect:stats"  # prefix of the worker's own keys: stats hashes, heartbeats, camera seq state
+    mode: str = setting("standalone", choices=REDIS_MODES)  # cluster: url names any node; sentinel: see sentinels
+    sentinels: tuple[str, ...] = ()  # mode sentinel: HOST:PORT of each sentinel (password and db from url)
+    sentinel_service: str | None = None  # mode sentinel: the NAME of `sentinel monitor NAME ...`
+    line: str = "main"  # the line this worker serves: every key below carries its hash tag {line} (check())
+    frames_key: str | None = None  # None: inspect:{<line>}:frames (inspector/io/keys.py derives every name)
+    events_key: str | None = None  # None: inspect:{<line>}:events
+    dead_key: str | None = None  # None: inspect:{<line>}:frames:dead
+    stats_key: str | None = None  # None: inspect:{<line>}:stats, the prefix of each worker's stats hash
     group: str = "inspectors"
     consumer: str | None = None  # None: <hostname>-<worker_id>; must be stable across restarts
     worker_id: int = setting(0, ge=0)
+    min_replicas_acked: int = setting(0, ge=0)  # after each publish, WAIT until this many replicas hold it (README)
+    replica_wait_ms: int = setting(1000, ge=1)  # WAIT's timeout; fewer replicas by then: waited again, visibly
     block_ms: int = setting(500, ge=1)  # XREADGROUP BLOCK; kept well under socket_timeout_s (check())
     socket_timeout_s: float = setting(10.0, gt=0)
     heartbeat_ttl_ms: int = setting(3000, ge=300, fix="use at least 300 ms")  # silent this long: dead, claimed
@@ -102,6 +111,10 @@ class RedisConfig:
     def consumer_name(self) -> str:
         return self.consumer or f"{socket.gethostname()}-{self.worker_id}"
 
+    def keys(self) -> LineKeys:
+        """Every key name of this line and group, resolved (the one place: inspector/io/keys.py)."""
+        return LineKeys.of(self)
+
     def safe_url(self) -> str:
         """The URL with any password replaced by ***, for messages and logs."""
         return redact(self.url or DEFAULT_URL)
@@ -110,8 +123,28 @@ class RedisConfig:
         if self.block_ms >= self.socket_timeout_s * 1000:
             raise ConfigError("config key 'redis.block_ms' is out of range: use 1 <= block_ms < socket_timeout_s "
                               "* 1000 (redis-py does not extend the socket timeout)")
+        if self.min_replicas_acked and self.replica_wait_ms >= self.socket_timeout_s * 1000:
+            raise ConfigError("config key 'redis.replica_wait_ms' is out of range: use 1 <= replica_wait_ms < "
+                              "socket_timeout_s * 1000 (WAIT blocks the connection that long)")
         if self.url is not None:
             check_url(self.url)
+        check_keys("redis", self.line, self.mode == "cluster", {f: getattr(self, f) for f in CONFIGURED})
+        if self.mode == "cluster" and self.url is not None:
+            if self.url.startswith("unix://"):
+                raise ConfigError("config key 'redis.url' is a unix socket: Redis Cluster needs redis://HOST:PORT "
+                                  "of any node")
+            if urllib.parse.urlsplit(self.url).path.strip("/") not in ("", "0"):
+                raise ConfigError(f"config key 'redis.url' '{redact(self.url)}' names a database: Redis Cluster has "
+                                  "only database 0 (write redis://HOST:PORT/0)")
+        if self.mode == "sentinel":
+            if not self.sentinels:
+                raise ConfigError("config key 'redis.sentinels' is empty: mode sentinel needs HOST:PORT of each "
+                                  "sentinel, e.g. [10.0.0.1:26379, 10.0.0.2:26379, 10.0.0.3:26379]")
+            for address in self.sentinels:
+                parse_host_port(address, "redis.sentinels")
+            if not self.sentinel_service:
+                raise ConfigError("config key 'redis.sentinel_service' is not set: mode sentinel needs the NAME of "
+                                  "`sentinel monitor NAME HOST PORT QUORUM`")
 
 
 @dataclass(frozen=True)
@@ -248,6 +281,14 @@ def check_url(url: str) -> None:
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ConfigError(f"redis.url '{redact(url)}' has database '{db}': use a number, e.g. redis://HOST:6379/0")
+
+
+def parse_host_port(address: str, key: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port), or ConfigError naming `key`."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"config key '{key}' has '{address}': use HOST:PORT, e.g. 10.0.0.1:26379")
+    return host, int(port)
 
 
 def parse_address(address: str) -> tuple[str, int]:

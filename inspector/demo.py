@@ -13,12 +13,14 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
 from inspector import config as config_mod
 from inspector.config import Config
 from inspector.feed import corrupt, feed, messages, redis_adder, synthetic_payloads
+from inspector.io import client as clients
 from inspector.io.isolation import private_keys, remove_keys
 from inspector.io.redis_server import PrivateRedis
 from inspector.pipeline import from_config
@@ -28,7 +30,7 @@ from inspector.protocol import EVENT_FIELD, unpack_event
 class Summary:
     """Tallies the events stream and prints one line every `every_s` seconds."""
 
-    def __init__(self, client: redis.Redis, cfg: Config, fed: Callable[[], int], out: Callable[[str], None]) -> None:
+    def __init__(self, client: Any, cfg: Config, fed: Callable[[], int], out: Callable[[str], None]) -> None:
         self.client, self.cfg, self.fed, self.out = client, cfg, fed, out
         self.last_id = "0-0"
         self.status: collections.Counter[str] = collections.Counter()
@@ -38,7 +40,7 @@ class Summary:
         self.last_line = ""
 
     def poll(self) -> None:
-        reply = self.client.xread({self.cfg.redis.events_key: self.last_id}, count=10_000)
+        reply = self.client.xread({self.cfg.redis.keys().events: self.last_id}, count=10_000)
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 self.last_id = entry_id
@@ -70,20 +72,21 @@ class Summary:
 def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed: int = 0,
         out: Callable[[str], None] = print, every_s: float = 2.0) -> Summary:
     server = None
-    if cfg.redis.url is None:
+    if cfg.redis.url is None and cfg.redis.mode == "standalone":
         server = PrivateRedis()
         cfg = config_mod.replace(cfg, redis={"url": server.start()})
         out(f"started a private redis-server at {cfg.redis.url}")
     cfg = private_keys(cfg, "demo")
     stop = threading.Event()
-    client = redis.Redis.from_url(cfg.redis.url)
+    client = clients.connect(cfg.redis)
+    keys = cfg.redis.keys()
     pipe = None
     try:
         pipe = from_config(cfg)
         b = pipe.engine.backend
         out(f"engine {b.model_id} ({b.name} on {b.device}: {b.why}); camera: synthetic frames at {fps:g}/s into "
-            f"{cfg.redis.frames_key}; events on {cfg.redis.events_key}")
-        add = redis_adder(client, cfg.redis.frames_key)
+            f"{keys.frames}; events on {keys.events}")
+        add = redis_adder(client, keys.frames)
         sent = [0]
         kinds = ("truncated", "wrong_size", "unknown_encoding", "not_msgpack")
 
@@ -117,6 +120,6 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         if server is None:
             with contextlib.suppress(redis.RedisError):
                 remove_keys(client, cfg)
-        client.close()
+        clients.close(client)
         if server is not None:
             server.stop()

@@ -7,12 +7,18 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import redis
+from redis.exceptions import RedisClusterException
 
 from inspector import synth
 from inspector.decode import encode
+from inspector.errors import SourceRefused, SourceUnavailable
+from inspector.io.client import slot_client, topology_changed
+from inspector.io.redis_streams import classify
 from inspector.protocol import FRAME_FIELD, FrameMessage
 
 log = logging.getLogger(__name__)
@@ -72,16 +78,85 @@ def feed(add: Callable[[list[dict[bytes, bytes]]], None], frames: Iterator[Frame
     return sent
 
 
-def redis_adder(client: object, key: str) -> Callable[[list[dict[bytes, bytes]]], None]:
-    """`add` for feed(): XADD a batch with one pipelined round trip; never trims the stream."""
+def redis_adder(client: Any, key: str, wait_replicas: int = 0, wait_ms: int = 1000, outage_s: float = 0.0,
+                where: str = "the frames stream's server") -> Callable[[list[dict[bytes, bytes]]], None]:
+    """`add` for feed(): XADD a batch with one pipelined round trip, on the node that holds `key`; never trims.
 
-    def add(batch: list[dict[bytes, bytes]]) -> None:
-        pipe = client.pipeline(transaction=False)  # type: ignore[attr-defined]
+    wait_replicas N > 0: WAIT N in the same round trip (one connection), and wait again until N replicas hold
+    the batch. outage_s > 0: a lost connection or a failover is retried that long, visibly, and the batch sent
+    again: a frame may then reach the stream twice (same camera and seq), never zero times."""
+    return _RedisAdder(client, key, wait_replicas, wait_ms, outage_s, where)
+
+
+class _RedisAdder:
+    """The batch-sending state behind redis_adder (one feeding thread)."""
+
+    def __init__(self, client: Any, key: str, wait_replicas: int, wait_ms: int, outage_s: float,
+                 where: str) -> None:
+        self.client, self.key, self.where = client, key, where
+        self.wait_replicas, self.wait_ms, self.outage_s = wait_replicas, wait_ms, outage_s
+
+    def __call__(self, batch: list[dict[bytes, bytes]]) -> None:
+        failed_since, wait, logged = None, 0.05, 0.0
+        while True:
+            try:
+                return self._send(batch)
+            except (SourceRefused, _Unconfirmed):
+                raise
+            except SourceUnavailable as exc:
+                now = time.monotonic()
+                failed_since = failed_since or now
+                if self.outage_s <= 0 or now - failed_since > self.outage_s:
+                    raise SourceUnavailable(f"{exc} (gave up after {now - failed_since:.0f} s)") from None
+                if now - logged >= 5.0:  # the first failure of an outage, then every 5 s
+                    log.warning("feed: %s; sending the %d frame(s) again (retrying for up to %g s; a frame may "
+                                "arrive twice)", exc, len(batch), self.outage_s)
+                    logged = now
+                time.sleep(wait)  # a retry costs one connection attempt: keep them frequent (a camera buffers)
+                wait = min(wait * 2, 0.5)
+                topology_changed(self.client)  # the slot map as it is now, not as it was at the failure
+
+    def _pipeline(self) -> Any:
+        return self._guard(lambda: slot_client(self.client, self.key).pipeline(transaction=False))
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise classify(exc, self.where, "adding frames") from None
+
+    def _send(self, batch: list[dict[bytes, bytes]]) -> None:
+        pipe = self._pipeline()
         for fields in batch:
-            pipe.xadd(key, fields)
-        pipe.execute()
+            pipe.xadd(self.key, fields)
+        if self.wait_replicas:
+            pipe.client_id()
+            pipe.wait(self.wait_replicas, self.wait_ms)
+        reply = self._guard(pipe.execute)
+        if self.wait_replicas:
+            self._confirm(len(batch), *reply[-2:])
 
-    return add
+    def _confirm(self, n: int, connection: int, acked: int) -> None:
+        """WAIT again on the same connection (WAIT counts that connection's writes) until enough replicas hold the
+        batch; on another connection the batch is sent again."""
+        since = time.monotonic()
+        while acked < self.wait_replicas:
+            if time.monotonic() - since > max(self.outage_s, 0.0):
+                raise _Unconfirmed(f"{self.where}: {n} frames held by {acked} of {self.wait_replicas} "
+                                   f"replicas (--wait-replicas) after {time.monotonic() - since:.0f} s")
+            log.warning("feed: %d frames held by %d of %d replicas after %d ms: waiting for them", n, acked,
+                        self.wait_replicas, self.wait_ms)
+            pipe = self._pipeline()
+            pipe.client_id()
+            pipe.wait(self.wait_replicas, self.wait_ms)
+            again, acked = self._guard(pipe.execute)
+            if again != connection:
+                raise SourceUnavailable(f"{self.where}: the connection that wrote {n} frames closed before "
+                                        f"{self.wait_replicas} replicas confirmed them")
+
+
+class _Unconfirmed(SourceUnavailable):
+    """Replicas did not confirm a batch in time: the frames are on the master, sending them again would not help."""
 
 
 def corrupt(kind: str) -> dict[bytes, bytes]:

@@ -54,6 +54,25 @@ def redis_url(redis_server: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster():
+    """A private Redis Cluster: 3 masters + 3 replicas on loopback, failover after 1 s of silence."""
+    from inspector.io.redis_server import PrivateCluster
+
+    cluster = PrivateCluster(masters=3, node_timeout_ms=1000)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster) -> str:
+    """The cluster, healthy (3 masters with a replica each in sync) and empty."""
+    redis_cluster.wait_healthy()
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
 def sample_dir() -> Path:
     if not SAMPLE.exists():
         pytest.skip(f"{SAMPLE} not present (the shared Severstal sample)")
@@ -122,7 +141,7 @@ def make_cfg(url: str, engine: Path, **over: object):
                        redis__block_ms=100, redis__consumer=over.pop("consumer", "test-worker"), **over)
 
 
-def events(client: redis.Redis, key: str = "inspect:events") -> list[dict]:
+def events(client: redis.Redis, key: str = "inspect:{main}:events") -> list[dict]:
     from inspector.protocol import EVENT_FIELD, unpack_event
 
     return [unpack_event(f[EVENT_FIELD]) for _, f in client.xrange(key)]

@@ -50,7 +50,7 @@ def test_feed_then_run_burst(tiny_engine, redis_url, sample_dir) -> None:
     assert fed.exit_code == 0, fed.output
     ran = runner.invoke(main, ["run", "--redis-url", redis_url, "--engine", str(tiny_engine), "--burst"])
     assert ran.exit_code == 0, ran.output
-    assert redis.Redis.from_url(redis_url).xlen("inspect:events") == 5
+    assert redis.Redis.from_url(redis_url).xlen("inspect:{main}:events") == 5
 
 
 def test_trainer_synth_and_evaluate_cli(tmp_path, tiny_checkpoint) -> None:

@@ -6,7 +6,7 @@ from inspector.errors import ConfigError
 
 def test_defaults_validate() -> None:
     cfg = config.load()
-    assert cfg.batching.batch_size == 8 and cfg.redis.frames_key == "inspect:frames"
+    assert cfg.batching.batch_size == 8 and cfg.redis.keys().frames == "inspect:{main}:frames"
 
 
 def test_shipped_yaml_loads() -> None:

@@ -1,13 +1,14 @@
-"""One contract, two implementations: every case runs against the in-memory twin and against real Redis."""
+"""One contract, two implementations: every case runs against the in-memory twin, a real Redis and a real Redis
+Cluster (3 masters + 3 replicas)."""
 
 from __future__ import annotations
 
 import pytest
-import redis
 
 from inspector import config
 from inspector.feed import corrupt, messages, synthetic_payloads
 from inspector.io.base import Outcome
+from inspector.io.client import connect
 from inspector.io.memory import MemoryStreams
 from inspector.io.redis_streams import RedisStreams
 from inspector.protocol import FRAME_FIELD
@@ -19,13 +20,16 @@ class Twin:
     def __init__(self, kind: str, url: str | None) -> None:
         self.kind = kind
         self.memory = MemoryStreams(max_deliveries=4) if kind == "memory" else None
-        self.client = redis.Redis.from_url(url) if url else None
-        self.cfg = config.load(None, url, redis__consumer="c1", redis__max_deliveries=4) if url else None
+        mode = "cluster" if kind == "cluster" else "standalone"
+        self.cfg = config.load(None, url, redis__consumer="c1", redis__max_deliveries=4, redis__mode=mode) \
+            if url else None
+        self.client = connect(self.cfg.redis) if url else None
+        self.keys = self.cfg.redis.keys() if url else None
 
     def add(self, fields: dict[bytes, bytes]) -> str:
         if self.memory is not None:
             return self.memory.add(fields)
-        return self.client.xadd("inspect:frames", fields).decode()
+        return self.client.xadd(self.keys.frames, fields).decode()
 
     def source(self):  # a (re)started worker
         if self.memory is not None:
@@ -36,13 +40,15 @@ class Twin:
     def dead(self) -> list[dict[bytes, bytes]]:
         if self.memory is not None:
             return self.memory.dead
-        return [f for _, f in self.client.xrange("inspect:frames:dead")]
+        return [f for _, f in self.client.xrange(self.keys.dead)]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def twin(request) -> Twin:
     if request.param == "memory":
         return Twin("memory", None)
+    if request.param == "cluster":  # Redis Cluster: every key of a call in the line's slot
+        return Twin("cluster", request.getfixturevalue("cluster_url"))
     return Twin("redis", request.getfixturevalue("redis_url"))
 
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.redis
 
 
 def add_frames(client: redis.Redis, n: int, camera: str = "cam", start_seq: int = 0, skip: set[int] = frozenset(),
-               key: str = "inspect:frames") -> list[str]:
+               key: str = "inspect:{main}:frames") -> list[str]:
     """n synthetic gray8 frames with seq start_seq.., leaving out the seqs in `skip`; returns their entry ids."""
     ids: list[str] = []
     for msg in messages(synthetic_payloads(0, 4), camera, start_seq):
@@ -46,34 +46,34 @@ def add_frames(client: redis.Redis, n: int, camera: str = "cam", start_seq: int 
 
 def test_acked_frames_removed_a_second_groups_unread_frames_kept(redis_url, tiny_engine) -> None:
     client = redis.Redis.from_url(redis_url)
-    client.xgroup_create("inspect:frames", "archive", id="0", mkstream=True)  # another system's group
+    client.xgroup_create("inspect:{main}:frames", "archive", id="0", mkstream=True)  # another system's group
     ids = add_frames(client, 10)
     drain(from_config(make_cfg(redis_url, tiny_engine)))
-    assert len(events(client)) == 10 and client.xlen("inspect:frames") == 10  # archive has read nothing yet
-    archived = client.xreadgroup("archive", "a1", {"inspect:frames": ">"}, count=5)[0][1]
-    client.xack("inspect:frames", "archive", *[i for i, _ in archived[:3]])  # acks 3, keeps 2 pending
+    assert len(events(client)) == 10 and client.xlen("inspect:{main}:frames") == 10  # archive has read nothing yet
+    archived = client.xreadgroup("archive", "a1", {"inspect:{main}:frames": ">"}, count=5)[0][1]
+    client.xack("inspect:{main}:frames", "archive", *[i for i, _ in archived[:3]])  # acks 3, keeps 2 pending
     ids += add_frames(client, 1, start_seq=10)
     drain(from_config(make_cfg(redis_url, tiny_engine)))
-    left = [i.decode() for i, _ in client.xrange("inspect:frames")]
+    left = [i.decode() for i, _ in client.xrange("inspect:{main}:frames")]
     assert left == ids[3:]  # the first pending entry of `archive` and everything after it stay
-    client.xgroup_destroy("inspect:frames", "archive")
+    client.xgroup_destroy("inspect:{main}:frames", "archive")
     ids += add_frames(client, 1, start_seq=11)
     drain(from_config(make_cfg(redis_url, tiny_engine)))
-    assert client.xlen("inspect:frames") == 0 and len(events(client)) == 12
+    assert client.xlen("inspect:{main}:frames") == 0 and len(events(client)) == 12
 
 
 def test_own_group_trim_and_retention(redis_url, tiny_engine) -> None:
     client = redis.Redis.from_url(redis_url)
-    client.xgroup_create("inspect:frames", "archive", id="0", mkstream=True)
+    client.xgroup_create("inspect:{main}:frames", "archive", id="0", mkstream=True)
     add_frames(client, 6)
     drain(from_config(make_cfg(redis_url, tiny_engine, redis__frames_retention_s=3600.0)))
-    assert client.xlen("inspect:frames") == 6  # kept for an hour, whatever the groups did
+    assert client.xlen("inspect:{main}:frames") == 6  # kept for an hour, whatever the groups did
     add_frames(client, 2, start_seq=6)
     drain(from_config(make_cfg(redis_url, tiny_engine, redis__frames_trim="own_group")))
-    assert client.xlen("inspect:frames") == 0  # ours acked them: archive's unread frames go (on purpose)
+    assert client.xlen("inspect:{main}:frames") == 0  # ours acked them: archive's unread frames go (on purpose)
     add_frames(client, 2, start_seq=8)
     drain(from_config(make_cfg(redis_url, tiny_engine, redis__frames_trim="off")))
-    assert client.xlen("inspect:frames") == 2
+    assert client.xlen("inspect:{main}:frames") == 2
 
 
 def test_pending_frames_are_never_trimmed(redis_url, tiny_engine) -> None:
@@ -84,9 +84,9 @@ def test_pending_frames_are_never_trimmed(redis_url, tiny_engine) -> None:
     holder.heartbeat()
     held = holder.read(2, None)  # a live worker holds the first two
     drain(from_config(cfg))
-    assert [i.decode() for i, _ in client.xrange("inspect:frames")] == ids  # nothing before a pending entry goes
+    assert [i.decode() for i, _ in client.xrange("inspect:{main}:frames")] == ids  # nothing before a pending entry goes
     holder.publish([Outcome(e, b"e", None) for e in held])
-    assert client.xlen("inspect:frames") == 0
+    assert client.xlen("inspect:{main}:frames") == 0
 
 
 # -- tools never touch production keys ---------------------------------------------------------------------------
@@ -97,11 +97,11 @@ def test_bench_and_demo_leave_production_keys_alone(redis_url, tiny_engine) -> N
 
     client = redis.Redis.from_url(redis_url)
     add_frames(client, 5)
-    client.xgroup_create("inspect:frames", "inspectors", id="0")
-    client.xreadgroup("inspectors", "plant-worker", {"inspect:frames": ">"}, count=2)
-    client.xadd("inspect:events", {"e": b"downstream's"})
+    client.xgroup_create("inspect:{main}:frames", "inspectors", id="0")
+    client.xreadgroup("inspectors", "plant-worker", {"inspect:{main}:frames": ">"}, count=2)
+    client.xadd("inspect:{main}:events", {"e": b"downstream's"})
     before = {k: client.dump(k) for k in client.keys("*")}
-    groups = client.xinfo_groups("inspect:frames")
+    groups = client.xinfo_groups("inspect:{main}:frames")
     result = CliRunner().invoke(main, ["bench", "--redis", "--redis-url", redis_url, "--engine", str(tiny_engine),
                                        "--frames", "8", "--batch-size", "4", "--json"])
     assert result.exit_code == 0, result.output
@@ -109,7 +109,7 @@ def test_bench_and_demo_leave_production_keys_alone(redis_url, tiny_engine) -> N
     summary = demo.run(cfg, fps=8, seconds=3, out=lambda line: None, every_s=1.0)
     assert sum(summary.status.values()) > 0
     assert {k: client.dump(k) for k in client.keys("*")} == before  # same keys, same contents
-    assert client.xinfo_groups("inspect:frames") == groups
+    assert client.xinfo_groups("inspect:{main}:frames") == groups
 
 
 # -- several workers -------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_gap_confirmed_once_when_published_out_of_order(redis_url, tiny_engine) 
                 for e in batch for m in [FrameMessage(**msgpack.unpackb(e.fields[FRAME_FIELD]))]]
         reported += w.publish(outs).gaps
     assert [(g.after, g.before, g.missing) for g in reported] == [(4, 6, 1)]
-    assert client.hget("inspect:stats:camera:inspectors:cam", "gaps") == b"1"
+    assert client.hget("inspect:{main}:frames:camera:inspectors:cam", "gaps") == b"1"
 
 
 @pytest.mark.slow
@@ -142,13 +142,13 @@ def test_three_workers_report_exactly_the_real_gaps(redis_url, tiny_engine) -> N
     threads = [threading.Thread(target=p.run, kwargs={"handle_signals": False}, daemon=True) for p in pipes]
     for t in threads:
         t.start()
-    wait_for(lambda: client.xlen("inspect:events") >= 196, what="196 events")
+    wait_for(lambda: client.xlen("inspect:{main}:events") >= 196, what="196 events")
     for p in pipes:
         p.stop()
     for t in threads:
         t.join(60)
     assert sum(p.stats.counters["seq_gaps"] for p in pipes) == 4
-    assert client.hget("inspect:stats:camera:inspectors:cam", "gap_runs") == b"2"
+    assert client.hget("inspect:{main}:frames:camera:inspectors:cam", "gap_runs") == b"2"
     assert sum(p.stats.counters["frames"] for p in pipes) == 196
     assert all(p.stats.counters["frames"] > 0 for p in pipes)  # all three did work
 
@@ -166,12 +166,12 @@ def test_three_workers_with_random_sigkills_one_event_per_frame(redis_url, tiny_
                                 env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     workers = [start(i) for i in range(3)]
-    feeder = threading.Thread(target=feed, args=(redis_adder(client, "inspect:frames"),
+    feeder = threading.Thread(target=feed, args=(redis_adder(client, "inspect:{main}:frames"),
                                                  messages(synthetic_payloads(0, 4), "cam-x"), total, 40.0))
     feeder.start()
     kills = 0
     try:
-        wait_for(lambda: client.xlen("inspect:events") >= 10, what="first events")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 10, what="first events")
         while kills < 10:
             time.sleep(rng.uniform(0.5, 2.0))
             i = rng.randrange(3)
@@ -182,7 +182,7 @@ def test_three_workers_with_random_sigkills_one_event_per_frame(redis_url, tiny_
         feeder.join()
         wait_for(lambda: len({e["frame_id"] for e in events(client)}) >= total, timeout=240, what="all events",
                  every=0.5)
-        wait_for(lambda: client.xpending("inspect:frames", "inspectors")["pending"] == 0, timeout=60,
+        wait_for(lambda: client.xpending("inspect:{main}:frames", "inspectors")["pending"] == 0, timeout=60,
                  what="nothing pending")
     finally:
         for w in workers:
@@ -206,7 +206,7 @@ def test_crash_while_recovering_never_dead_letters_a_good_frame(redis_url, tiny_
     drain(from_config(cfg))
     got = events(client)
     assert len(got) == 20 and all(e["status"] == "ok" for e in got)
-    assert client.xlen("inspect:frames:dead") == 0
+    assert client.xlen("inspect:{main}:frames:dead") == 0
 
 
 # -- hostile input -------------------------------------------------------------------------------------------
@@ -271,11 +271,11 @@ def test_hostile_payloads_one_rejected_event_each_worker_alive(redis_url, tiny_e
 
     client = redis.Redis.from_url(redis_url)
     hostile = hostile_entries()
-    ids = {client.xadd("inspect:frames", fields).decode(): name for name, fields in hostile.items()}
+    ids = {client.xadd("inspect:{main}:frames", fields).decode(): name for name, fields in hostile.items()}
     gray = (np.random.default_rng(1).random((256, 1600)) * 255).astype(np.uint8)
     rgb_jpeg = cv2.imencode(".jpg", np.stack([gray] * 3, axis=2))[1].tobytes()  # accepted: converted to gray
     good = [*add_frames(client, 3, camera="cam-good"),
-            client.xadd("inspect:frames", packed(encoding="jpeg", data=rgb_jpeg, id="rgb", seq=9)).decode()]
+            client.xadd("inspect:{main}:frames", packed(encoding="jpeg", data=rgb_jpeg, id="rgb", seq=9)).decode()]
     drain(from_config(make_cfg(redis_url, tiny_engine)))
     got = {e["entry_id"]: e for e in events(client)}
     assert len(got) == len(hostile) + len(good) == len(events(client))  # one event each, none twice
@@ -283,17 +283,17 @@ def test_hostile_payloads_one_rejected_event_each_worker_alive(redis_url, tiny_e
         assert got[entry_id]["status"] == "rejected" and got[entry_id]["error"], name
         assert len(got[entry_id]["frame_id"]) <= 256, name
     assert all(got[i]["status"] == "ok" for i in good)
-    dead = {f[b"source_id"].decode(): f for _, f in client.xrange("inspect:frames:dead")}
+    dead = {f[b"source_id"].decode(): f for _, f in client.xrange("inspect:{main}:frames:dead")}
     assert set(dead) == set(ids)
     assert b"fields" in dead[next(i for i, n in ids.items() if n == "4000 fields")]
-    assert client.xpending("inspect:frames", "inspectors")["pending"] == 0
+    assert client.xpending("inspect:{main}:frames", "inspectors")["pending"] == 0
 
 
 def test_implausible_seq_and_ts_do_not_poison_counters(redis_url, tiny_engine) -> None:
     client = redis.Redis.from_url(redis_url)
     add_frames(client, 4, camera="cam-j")
-    client.xadd("inspect:frames", packed(camera="cam-j", seq=2**52, id="far"))  # a jump, not 2**52 lost frames
-    client.xadd("inspect:frames", packed(camera="cam-j", seq=2**52 + 1, id="old", ts=1000.0))  # 1970 capture time
+    client.xadd("inspect:{main}:frames", packed(camera="cam-j", seq=2**52, id="far"))  # a jump, not 2**52 lost frames
+    client.xadd("inspect:{main}:frames", packed(camera="cam-j", seq=2**52 + 1, id="old", ts=1000.0))  # from 1970
     pipe = from_config(make_cfg(redis_url, tiny_engine))
     drain(pipe)
     c = pipe.stats.counters
@@ -316,7 +316,7 @@ def test_redis_stopped_15_s_and_restarted_with_aof_nothing_lost(tiny_engine, wor
             if stop.is_set():
                 return
             with contextlib.suppress(redis.RedisError):
-                added.append(client.xadd("inspect:frames", {FRAME_FIELD: msg.pack()}).decode())
+                added.append(client.xadd("inspect:{main}:frames", {FRAME_FIELD: msg.pack()}).decode())
             time.sleep(0.05)
 
     worker = subprocess.Popen(worker_cmd(url, tiny_engine), env=worker_env, stdout=subprocess.DEVNULL,
@@ -324,19 +324,19 @@ def test_redis_stopped_15_s_and_restarted_with_aof_nothing_lost(tiny_engine, wor
     sender = threading.Thread(target=camera, daemon=True)
     sender.start()
     try:
-        wait_for(lambda: client.xlen("inspect:events") >= 10, what="events before the outage")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 10, what="events before the outage")
         server.halt()
         time.sleep(15)
         server.start()
         time.sleep(3)
         stop.set()
         sender.join()
-        wait_for(lambda: client.xlen("inspect:events") >= len(added), timeout=120, what="every frame's event")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= len(added), timeout=120, what="every frame's event")
         time.sleep(1)
         assert worker.poll() is None, worker.stderr.read().decode()[-2000:]
         got = [e["entry_id"] for e in events(client)]
         assert sorted(got) == sorted(added) and len(set(got)) == len(got)
-        assert client.xpending("inspect:frames", "inspectors")["pending"] == 0
+        assert client.xpending("inspect:{main}:frames", "inspectors")["pending"] == 0
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
@@ -351,12 +351,12 @@ def test_redis_restarted_empty_worker_goes_on(tiny_engine, worker_env) -> None:
         add_frames(client, 4)
         worker = subprocess.Popen(worker_cmd(url, tiny_engine), env=worker_env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE)
-        wait_for(lambda: client.xlen("inspect:events") >= 4, what="first events")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 4, what="first events")
         server.restart()  # no persistence: stream, group and events are gone
         client = redis.Redis.from_url(url)
-        wait_for(lambda: client.exists("inspect:frames") == 1, what="the group to be created again")
+        wait_for(lambda: client.exists("inspect:{main}:frames") == 1, what="the group to be created again")
         add_frames(client, 4, start_seq=4)
-        wait_for(lambda: client.xlen("inspect:events") >= 4, what="events after the restart")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 4, what="events after the restart")
         assert worker.poll() is None
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
@@ -375,7 +375,7 @@ def test_warm_stop_with_redis_away_is_bounded(tiny_engine, worker_env, tmp_path)
         add_frames(client, 200)
         worker = subprocess.Popen(worker_cmd(url, tiny_engine, "--config", str(cfg_file)), env=worker_env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: client.xlen("inspect:events") >= 8, what="first events")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 8, what="first events")
         server.halt()
         t0 = time.monotonic()
         worker.send_signal(signal.SIGTERM)
@@ -386,7 +386,7 @@ def test_warm_stop_with_redis_away_is_bounded(tiny_engine, worker_env, tmp_path)
         assert "left pending" in log
         server.start()
         client = redis.Redis.from_url(url)
-        assert client.xlen("inspect:events") + client.xlen("inspect:frames") >= 200  # nothing lost
+        assert client.xlen("inspect:{main}:events") + client.xlen("inspect:{main}:frames") >= 200  # nothing lost
     finally:
         server.stop()
 

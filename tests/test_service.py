@@ -52,12 +52,12 @@ def test_metrics_scraped_from_a_running_worker(redis_url, tiny_engine, worker_en
     worker = subprocess.Popen(worker_cmd(redis_url, tiny_engine, "--metrics-address", f"127.0.0.1:{port}"),
                               env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        feed(redis_adder(client, "inspect:frames"), messages(synthetic_payloads(0, 4), "cam-m"), 8)
-        wait_for(lambda: client.xlen("inspect:events") >= 8, what="first events")
+        feed(redis_adder(client, "inspect:{main}:frames"), messages(synthetic_payloads(0, 4), "cam-m"), 8)
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 8, what="first events")
         wait_for(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, what="ready")
         first = get(f"http://127.0.0.1:{port}/metrics")[1]
-        feed(redis_adder(client, "inspect:frames"), messages(synthetic_payloads(0, 4), "cam-m", 8), 8)
-        wait_for(lambda: client.xlen("inspect:events") >= 16, what="more events")
+        feed(redis_adder(client, "inspect:{main}:frames"), messages(synthetic_payloads(0, 4), "cam-m", 8), 8)
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 16, what="more events")
         second = get(f"http://127.0.0.1:{port}/metrics")[1]
         assert metric(first, "inspector_frames_total") == 8 and metric(second, "inspector_frames_total") == 16
         assert metric(second, 'inspector_events_total{status="ok"}') == 16
@@ -159,12 +159,12 @@ def test_engine_swap_under_load_and_a_corrupt_engine_refused(redis_url, two_engi
     pipe = from_config(cfg, metrics=metrics)
     runner = threading.Thread(target=pipe.run, kwargs={"handle_signals": False}, daemon=True)
     total = 240
-    camera = threading.Thread(target=feed, args=(redis_adder(client, "inspect:frames"),
+    camera = threading.Thread(target=feed, args=(redis_adder(client, "inspect:{main}:frames"),
                                                  messages(synthetic_payloads(0, 4), "cam-s"), total, 60.0))
     runner.start()
     camera.start()
     try:
-        wait_for(lambda: client.xlen("inspect:events") >= 40, what="events from the first engine")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= 40, what="events from the first engine")
         old_backend = pipe.engine.backend
         switch_current(root, second)
         wait_for(lambda: pipe.engine.model_id == second, what="the swap")
@@ -175,7 +175,7 @@ def test_engine_swap_under_load_and_a_corrupt_engine_refused(redis_url, two_engi
         switch_current(root, "broken")
         wait_for(lambda: pipe.stats.counters["engine_swaps_refused"] == 1, what="the refusal")
         camera.join()
-        wait_for(lambda: client.xlen("inspect:events") >= total, what="every event")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= total, what="every event")
     finally:
         pipe.stop()
         runner.join(60)

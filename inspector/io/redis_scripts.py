@@ -10,6 +10,10 @@ refuse the whole call, before it runs, when it is out of memory.
 CLAIM hands this consumer the pending frames of one consumer whose heartbeat key has expired; two workers
 claiming at once cannot both get the same frames (the second finds them owned by the first).
 
+Both declare every key they touch in KEYS (the caller derives them with `inspector.io.keys`: the camera state
+of the batch's cameras, the heartbeats of the consumers that hold frames), and all of them carry the line's hash
+tag: Redis Cluster routes each call by its keys and refuses a script that strays from their slot.
+
 Gap tracking, per (group, camera): `w` is the highest seq such that every seq up to it was seen or confirmed
 missing. Published seqs above w wait in a sorted set with their entry ids. The smallest waiting seq s advances w
 when s = w + 1, or, when s > w + 1, once no entry older than s's entry is pending in the group: frames reach the
@@ -19,27 +23,32 @@ camera.max_seq_jump is a reset, not a gap.
 """
 
 PUBLISH = r"""#!lua
--- KEYS: frames, events, dead
+-- KEYS: frames, events, dead, then per camera of the batch its state hash and its seen sorted set
 -- ARGV: group, consumer, events_maxlen, dead_maxlen, trim (all_groups|own_group|off), retention_ms,
---       camera_prefix, camera_ttl_s, max_jump, acked_flag (1: XTRIM ... ACKED, Redis 8.2+), n,
---       then n outcomes: id, event, camera, seq, ndead, ndead dead-letter items
+--       camera_ttl_s, max_jump, acked_flag (1: XTRIM ... ACKED, Redis 8.2+), ncam, ncam camera names (in the
+--       order of their KEYS), n, then n outcomes: id, event, camera, seq, ndead, ndead dead-letter items
 local group, consumer = ARGV[1], ARGV[2]
 local events_maxlen, dead_maxlen = tonumber(ARGV[3]), tonumber(ARGV[4])
 local trim, retention_ms = ARGV[5], tonumber(ARGV[6])
-local camera_prefix, camera_ttl, max_jump = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
-local acked_flag, n = ARGV[10], tonumber(ARGV[11])
+local camera_ttl, max_jump = tonumber(ARGV[7]), tonumber(ARGV[8])
+local acked_flag, ncam = ARGV[9], tonumber(ARGV[10])
 
 -- 1. validate: no write happens unless every argument and key is usable
-if not (events_maxlen and dead_maxlen and retention_ms and camera_ttl and max_jump and n) then
+if not (events_maxlen and dead_maxlen and retention_ms and camera_ttl and max_jump and ncam)
+    or #KEYS ~= 3 + 2 * ncam then
   return redis.error_reply('ERR publish: malformed header arguments')
 end
+local camera_keys = {}  -- camera name -> {state, seen}: declared in KEYS, so Cluster routes and checks them
+for j = 1, ncam do camera_keys[ARGV[10 + j]] = {KEYS[2 + 2 * j], KEYS[3 + 2 * j]} end
+local n = tonumber(ARGV[11 + ncam])
+if not n then return redis.error_reply('ERR publish: malformed header arguments') end
 for _, key in ipairs({KEYS[2], KEYS[3]}) do
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'stream' and t ~= 'none' then
     return redis.error_reply('WRONGTYPE publish: key ' .. key .. ' holds a ' .. t .. ', not a stream')
   end
 end
-local outcomes, i = {}, 12
+local outcomes, i = {}, 12 + ncam
 for k = 1, n do
   local ndead = tonumber(ARGV[i + 4])
   local seq = tonumber(ARGV[i + 3])
@@ -64,7 +73,7 @@ for k, o in ipairs(outcomes) do
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', dead_maxlen, '*', unpack(ARGV, o.first, o.first + o.ndead - 1))
     end
     redis.call('XACK', KEYS[1], group, o.id)
-    if o.camera ~= '' and o.seq >= 0 then
+    if o.camera ~= '' and o.seq >= 0 and camera_keys[o.camera] then
       if not cameras[o.camera] then cameras[o.camera] = {} end
       table.insert(cameras[o.camera], o)
     end
@@ -91,7 +100,7 @@ local function settled(entry_id)  -- nothing older than entry_id is still pendin
   return first_pending == nil or not older(first_pending, parse_id(entry_id))
 end
 for camera, list in pairs(cameras) do
-  local state, seen = camera_prefix .. camera, camera_prefix .. camera .. ':seen'
+  local state, seen = camera_keys[camera][1], camera_keys[camera][2]
   for _, o in ipairs(list) do redis.call('ZADD', seen, o.seq, o.id) end
   local w = tonumber(redis.call('HGET', state, 'w'))
   while true do
@@ -166,28 +175,26 @@ return {done, flat, trimmed}
 """
 
 CLAIM = r"""#!lua
--- KEYS: frames. ARGV: group, me, heartbeat prefix, count.
--- The pending frames (up to count) of the first other consumer whose heartbeat key is gone.
-local group, me, prefix, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
-  local name, pending = nil, 0
-  for j = 1, #c, 2 do
-    if c[j] == 'name' then name = c[j + 1] end
-    if c[j] == 'pending' then pending = c[j + 1] end
-  end
-  if name ~= me and pending > 0 and redis.call('EXISTS', prefix .. name) == 0 then
+-- KEYS: frames, then the heartbeat key of each candidate. ARGV: group, me, count, then each candidate's name.
+-- The pending frames (up to count) of the first candidate that still has some and whose heartbeat key is gone.
+local group, me, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for k = 2, #KEYS do
+  local name = ARGV[k + 2]
+  if name ~= me and redis.call('EXISTS', KEYS[k]) == 0 then
     local entries = redis.call('XPENDING', KEYS[1], group, '-', '+', count, name)
-    local ids, deliveries = {}, {}
-    for _, e in ipairs(entries) do
-      table.insert(ids, e[1])
-      deliveries[e[1]] = e[4] + 1
+    if #entries > 0 then
+      local ids, deliveries = {}, {}
+      for _, e in ipairs(entries) do
+        table.insert(ids, e[1])
+        deliveries[e[1]] = e[4] + 1
+      end
+      local claimed = redis.call('XCLAIM', KEYS[1], group, me, 0, unpack(ids))
+      local out = {}
+      for _, entry in ipairs(claimed) do
+        table.insert(out, {entry[1], entry[2], deliveries[entry[1]]})
+      end
+      return {name, out, #ids - #claimed}
     end
-    local claimed = redis.call('XCLAIM', KEYS[1], group, me, 0, unpack(ids))
-    local out = {}
-    for _, entry in ipairs(claimed) do
-      table.insert(out, {entry[1], entry[2], deliveries[entry[1]]})
-    end
-    return {name, out, #ids - #claimed}
   end
 end
 return false
