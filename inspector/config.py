@@ -288,7 +288,11 @@ class CoilsConfig:
 
     def check(self) -> None:
         if self.metrics_address is not None:
-            parse_address(self.metrics_address)
+            try:
+                parse_address(self.metrics_address)
+            except ConfigError:
+                raise ConfigError(f"config key 'coils.metrics_address' is '{self.metrics_address}': use HOST:PORT, "
+                                  "e.g. 0.0.0.0:9109") from None
 
 
 @dataclass(frozen=True)

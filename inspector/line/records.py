@@ -135,3 +135,32 @@ def decode_log(blob: bytes) -> list[Record]:
         i += _HEADER.size + n
     out.sort(key=Record.sort_key)
     return out
+
+
+COIL_END_FIELD = b"c"
+
+
+def parse_end(fields: dict[bytes, bytes] | None) -> tuple[str, float | None]:
+    """A coil-ends entry's (coil, length_mm or None); ValueError says what is wrong with a bad one."""
+    payload = (fields or {}).get(COIL_END_FIELD)
+    if not isinstance(payload, bytes) or len(payload) > 4096:
+        raise ValueError("entry must have a field 'c' of at most 4096 bytes")
+    try:
+        body = msgpack.unpackb(payload, raw=False, max_str_len=4096, max_bin_len=4096, max_array_len=64,
+                               max_map_len=64)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ValueError(f"field 'c' is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(body, dict):
+        raise ValueError("field 'c' must be a msgpack map {coil, length_mm}")
+    coil, length = body.get("coil"), body.get("length_mm")
+    if not isinstance(coil, str) or not 1 <= len(coil) <= MAX_COIL_CHARS:
+        raise ValueError(f"coil must be a string of 1..{MAX_COIL_CHARS} characters")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int | float)
+                               or not (math.isfinite(length) and length >= 0)):
+        raise ValueError("length_mm must be a finite number >= 0")
+    return coil, None if length is None else float(length)
+
+
+def pack_end(coil: str, length_mm: float | None) -> dict[bytes, bytes]:
+    """A coil-ends entry, as the tracking system sends it (demo, tests, benchmarks)."""
+    return {COIL_END_FIELD: msgpack.packb({"coil": coil, "length_mm": length_mm}, use_bin_type=True)}

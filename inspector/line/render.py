@@ -123,7 +123,7 @@ def page(doc: dict[str, Any], png: bytes) -> str:
               ", ".join(f"{a / 1000:.3f}-{b / 1000:.3f} m" for a, b in doc["gaps_mm"].get(name, [])) or "none"]
              for name, c in sorted(doc["cameras"].items())]
     fields = doc["defect_fields"]
-    top = sorted(doc["defects"], key=lambda d: (-d[fields.index("area_mm2")], d[0]))[:20]
+    top = sorted(doc["defect_rows"], key=lambda d: (-d[fields.index("area_mm2")], d[0]))[:20]
     biggest = [[d[0], d[1], e(d[2]), f"{(d[5] + d[6]) / 2000:.3f}", f"{(d[3] + d[4]) / 2:.0f}",
                 f"{d[6] - d[5]:.0f}", f"{d[4] - d[3]:.0f}", f"{d[7]:.0f}", d[8], e(", ".join(d[9]))] for d in top]
     counters = (f"{doc['events']} events folded; {doc['late_events']} late (after the coil's deadline), "

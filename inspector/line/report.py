@@ -62,7 +62,7 @@ def build(state: CoilState, cfg: Config, closed_by: str) -> CoilReport:
     line, cams = cfg.line, cfg.line.cameras
     records = decode_log(state.log)
     deadline = deadline_ms(state, cfg)
-    kept = [r for r in records if deadline is None or r.ms < deadline]
+    kept = [r for r in records if deadline is None or r.ms <= deadline]
     length = state.number("length_mm", -1.0) if "length_mm" in state.meta else -1.0
     if length < 0:
         length = geometry.coil_length(kept, cams, cfg.camera.height)
@@ -94,7 +94,7 @@ def build(state: CoilState, cfg: Config, closed_by: str) -> CoilReport:
 
 
 def deadline_ms(state: CoilState, cfg: Config) -> int | None:
-    """Events published from this stream time on do not count for an ended coil (None: not ended)."""
+    """Events published after this stream time (ms) do not count for an ended coil (None: not ended)."""
     if "end_ms" not in state.meta:
         return None
     return int(state.number("end_ms")) + int(cfg.line.end_grace_s * 1000)
@@ -113,7 +113,7 @@ def document(report: CoilReport, closed_ts: float, report_id: str) -> dict[str, 
                          "max_area_mm2": {k: round(v, 1) for k, v in report.measures.max_area_mm2.items()}}
             if report.measures else {},
             "defect_fields": list(DEFECT_FIELDS),
-            "defects": [[d.id, d.class_id, d.surface, _mm(d.x0), _mm(d.x1), _mm(d.y0), _mm(d.y1),
+            "defect_rows": [[d.id, d.class_id, d.surface, _mm(d.x0), _mm(d.x1), _mm(d.y0), _mm(d.y1),
                          round(d.area_mm2, 1), d.parts, list(d.cameras)] for d in report.defects]}
 
 

@@ -9,7 +9,7 @@ FOLD  (one call per batch of events) for each event still pending for this consu
       no coil (or bad ones) are only acked. No event is folded twice, none is acked without its fold.
 END   (one call per coil-end entry) fenced the same way: the coil is ended at the entry's time with its length.
 CLOSE (one call per report) refuses unless the coil is still open at the version the report was computed from
-      and, for a deadline close, every event published before the deadline has been folded; then XADDs the report
+      and, for a deadline close, every event published up to the deadline has been folded; then XADDs the report
       entry, marks the coil closed and lists it as unwritten (its files follow).
 FINISH after the files are written: the coil's log is freed, its meta hash stays as a tombstone for
       coils.tombstone_ttl_s.
@@ -204,7 +204,7 @@ if deadline ~= '' then
       end
     end
   end
-  if need == nil or need < tonumber(deadline) then return {-1} end
+  if need == nil or need <= tonumber(deadline) then return {-1} end  -- events at the deadline's ms count
 end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'c', ARGV[5])
 redis.call('HSET', KEYS[5], 'status', 'closed', 'report_id', id, 'closed_ts', ARGV[7], 'closed_by', ARGV[8])

@@ -23,6 +23,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from inspector.config import Config
+from inspector.errors import SourceUnavailable
 from inspector.io.redis_streams import classify
 from inspector.line import scripts
 from inspector.line.keys import LineKeys
@@ -115,6 +116,24 @@ class LineStore:
         except redis.RedisError as exc:
             raise classify(exc, self.url, "creating the consumer group") from None
         reader.ready = True
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """At start: retry until Redis answers and both groups exist, at most `timeout_s`; then raise the last
+        error (one line). Refusals (a wrong password) are raised at once."""
+        deadline = time.monotonic() + timeout_s
+        wait = 0.1
+        while True:
+            try:
+                self._ensure(self.events)
+                self._ensure(self.ends)
+                return
+            except SourceUnavailable as exc:
+                if time.monotonic() + wait > deadline:
+                    raise SourceUnavailable(f"{exc} (gave up after {timeout_s:g} s, redis.startup_wait_s): "
+                                            "start Redis or fix redis.url / INSPECTOR_REDIS_URL") from None
+                log.warning("%s: %s; retrying in %.1f s", self.name, exc, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, 2.0)
 
     def read_events(self, count: int, block_ms: int | None) -> list[tuple[str, dict[bytes, bytes] | None]]:
         return self._read(self.events, count, block_ms)
