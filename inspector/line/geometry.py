@@ -142,6 +142,9 @@ def _cells(x0: float, x1: float) -> tuple[int, int]:
 
 
 def _defect(group: list[Part]) -> StripDefect:
+    if len(group) == 1:  # most defects: one part
+        p = group[0]
+        return StripDefect(0, p.class_id, p.surface, p.x0, p.x1, p.y0, p.y1, p.area_mm2, 1, (p.camera,))
     return StripDefect(0, group[0].class_id, group[0].surface, min(p.x0 for p in group), max(p.x1 for p in group),
                        min(p.y0 for p in group), max(p.y1 for p in group), math.fsum(p.area_mm2 for p in group),
                        len(group), tuple(sorted({p.camera for p in group})))

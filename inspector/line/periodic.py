@@ -10,8 +10,8 @@ missed (a rejected frame, a mark too faint once). Search, per (class, surface):
 3. per candidate pitch, the longest chain by dynamic programming over the window's defects sorted along the
    strip: a defect continues a chain whose last member sits k * pitch +- periodic_jitter_mm before it, k = 1 ..
    max_missed + 1; chains of at least periodic_min_repeats members that chance cannot explain are kept (the
-   window's other defects, as a uniform background, would make such a chain anywhere on the coil less than
-   SIGNIFICANCE times on average);
+   window's other defects, as a uniform background, would make such a chain less than SIGNIFICANCE times on
+   average in all the tries made on this class and surface);
 4. findings from all windows and pitches, best first (most repeats, fewest missed), each defect in one finding.
 The pitch reported is the least-squares slope of position against turn number; `roll` names the roll whose
 circumference it matches within line.roll_tolerance, else null.
@@ -69,7 +69,8 @@ def find(defects: Sequence[StripDefect], length_mm: float, cfg: LineConfig) -> l
         for b in sorted(bins):
             window = bins[b] + bins.get(b + 1, [])
             if len(window) >= cfg.periodic_min_repeats:
-                for f in _window(sorted(window, key=lambda d: (d.y_mm, d.id)), cls, surface, length_mm, cfg):
+                ordered = sorted(window, key=lambda d: (d.y_mm, d.id))
+                for f in _window(ordered, len(members), cls, surface, length_mm, cfg):
                     chains.append(((-f.repeats, f.missed, f.roll is None, f.pitch_mm, f.x_mm, f.first_mm), f))
     taken: set[int] = set()
     out = []
@@ -80,18 +81,19 @@ def find(defects: Sequence[StripDefect], length_mm: float, cfg: LineConfig) -> l
     return sorted(out, key=lambda f: (f.first_mm, f.x_mm, f.class_id, f.surface))
 
 
-def _window(window: list[StripDefect], cls: int, surface: str, length_mm: float,
+def _window(window: list[StripDefect], group: int, cls: int, surface: str, length_mm: float,
             cfg: LineConfig) -> list[Finding]:
     ys = [d.y_mm for d in window]
     out = []
-    for pitch in _candidates(ys, cfg):
+    pitches = _candidates(ys, cfg)
+    for pitch in pitches:
         left = list(range(len(window)))
         for _ in range(MAX_CHAINS):
             chain = _chain([ys[i] for i in left], pitch, cfg)
             if chain is None:
                 break
             members = [left[i] for i in chain[0]]
-            if not _significant(len(members), len(window), chain[1], length_mm, cfg):
+            if not _significant(len(members), len(window), group * 2 * len(pitches), length_mm, cfg):
                 break
             out.append(_finding([window[i] for i in members], chain[2], cls, surface, cfg))
             used = set(members)
@@ -155,13 +157,15 @@ def _chain(ys: list[float], pitch: float, cfg: LineConfig) -> tuple[list[int], i
     return idx, -best[end][1], turns
 
 
-def _significant(repeats: int, n: int, missed: int, length_mm: float, cfg: LineConfig) -> bool:
-    """Could the window's other defects, spread uniformly over the coil, make such a chain by chance?"""
+def _significant(repeats: int, n: int, tries: int, length_mm: float, cfg: LineConfig) -> bool:
+    """Could the window's other defects, spread uniformly over the coil, make such a chain by chance? `tries`:
+    how many chains were looked for in this class and surface (each defect starts one per window and pitch), so a
+    coil with many defects does not find marks by looking often."""
     if length_mm <= 0:
         return True
     background = max(n - repeats, 0) / length_mm  # defects per mm
     q = min(1.0, 2 * cfg.periodic_jitter_mm * background * (cfg.periodic_max_missed + 1))
-    return n * q ** (repeats - 1) < SIGNIFICANCE
+    return tries * q ** (repeats - 1) < SIGNIFICANCE
 
 
 def _finding(members: list[StripDefect], turns: list[int], cls: int, surface: str, cfg: LineConfig) -> Finding:

@@ -63,7 +63,7 @@ def coil(name: str, cameras: Mapping[str, CameraPlacement], frames: int, rows: i
                     y_mm = mark.first_mm + n * mark.pitch_mm
                     y = round((y_mm - pos) / cam.mm_per_px_along)
                     s = mark.size_px
-                    if y_mm >= pos and 0 <= x - s // 2 and x + s // 2 < width and y + s <= rows:
+                    if y_mm >= pos and x - s // 2 >= 0 and x + s // 2 < width and y + s <= rows:
                         boxes.append((mark.class_id, x - s // 2, y, s, s))
                     n += 1
             yield event(cam_name, name, pos, boxes, seq=seqs[cam_name])
