@@ -9,9 +9,10 @@ missed (a rejected frame, a mark too faint once). Search, per (class, surface):
    so missed repeats still vote for the true pitch), inside line.periodic_pitch_mm;
 3. per candidate pitch, the longest chain by dynamic programming over the window's defects sorted along the
    strip: a defect continues a chain whose last member sits k * pitch +- periodic_jitter_mm before it, k = 1 ..
-   max_missed + 1; chains of at least periodic_min_repeats members that chance cannot explain are kept (the
-   window's other defects, as a uniform background, would make such a chain less than SIGNIFICANCE times on
-   average in all the tries made on this class and surface);
+   max_missed + 1; chains of at least periodic_min_repeats members that chance cannot explain are kept (a
+   uniform background as dense as the window's other defects, or as the class's average window if denser,
+   would make such a chain less than SIGNIFICANCE times on average in all the tries made on this class and
+   surface);
 4. findings from all windows and pitches, best first (most repeats, fewest missed), each defect in one finding.
 The pitch reported is the least-squares slope of position against turn number; `roll` names the roll whose
 circumference it matches within line.roll_tolerance, else null.
@@ -62,7 +63,10 @@ def find(defects: Sequence[StripDefect], length_mm: float, cfg: LineConfig) -> l
     for d in defects:
         groups[(d.class_id, d.surface)].append(d)
     chains: list[tuple[tuple[object, ...], Finding]] = []
+    width = max(max((d.x1 for d in defects), default=0.0) - min((d.x0 for d in defects), default=0.0),
+                2 * cfg.periodic_x_tol_mm)
     for (cls, surface), members in sorted(groups.items()):
+        share = 2 * cfg.periodic_x_tol_mm / width  # of the class's defects a window holds, were they uniform
         bins: dict[int, list[StripDefect]] = defaultdict(list)
         for d in members:
             bins[math.floor(d.x_mm / cfg.periodic_x_tol_mm)].append(d)
@@ -70,7 +74,7 @@ def find(defects: Sequence[StripDefect], length_mm: float, cfg: LineConfig) -> l
             window = bins[b] + bins.get(b + 1, [])
             if len(window) >= cfg.periodic_min_repeats:
                 ordered = sorted(window, key=lambda d: (d.y_mm, d.id))
-                for f in _window(ordered, len(members), cls, surface, length_mm, cfg):
+                for f in _window(ordered, len(members), share, cls, surface, length_mm, cfg):
                     chains.append(((-f.repeats, f.missed, f.roll is None, f.pitch_mm, f.x_mm, f.first_mm), f))
     taken: set[int] = set()
     out = []
@@ -81,7 +85,7 @@ def find(defects: Sequence[StripDefect], length_mm: float, cfg: LineConfig) -> l
     return sorted(out, key=lambda f: (f.first_mm, f.x_mm, f.class_id, f.surface))
 
 
-def _window(window: list[StripDefect], group: int, cls: int, surface: str, length_mm: float,
+def _window(window: list[StripDefect], group: int, share: float, cls: int, surface: str, length_mm: float,
             cfg: LineConfig) -> list[Finding]:
     ys = [d.y_mm for d in window]
     out = []
@@ -93,7 +97,8 @@ def _window(window: list[StripDefect], group: int, cls: int, surface: str, lengt
             if chain is None:
                 break
             members = [left[i] for i in chain[0]]
-            if not _significant(len(members), len(window), group * 2 * len(pitches), length_mm, cfg):
+            background = max(len(window) - len(members), (group - len(members)) * share)
+            if not _significant(len(members), background, group * 2 * len(pitches), length_mm, cfg):
                 break
             out.append(_finding([window[i] for i in members], chain[2], cls, surface, cfg))
             used = set(members)
@@ -157,14 +162,14 @@ def _chain(ys: list[float], pitch: float, cfg: LineConfig) -> tuple[list[int], i
     return idx, -best[end][1], turns
 
 
-def _significant(repeats: int, n: int, tries: int, length_mm: float, cfg: LineConfig) -> bool:
-    """Could the window's other defects, spread uniformly over the coil, make such a chain by chance? `tries`:
-    how many chains were looked for in this class and surface (each defect starts one per window and pitch), so a
-    coil with many defects does not find marks by looking often."""
+def _significant(repeats: int, background: float, tries: int, length_mm: float, cfg: LineConfig) -> bool:
+    """Could `background` defects, spread uniformly along the coil, make such a chain by chance? `background`:
+    the window's other defects, or as many as the class has per window on average if more (a sparse window is
+    not evidence); `tries`: how many chains were looked for in this class and surface (each defect starts one per
+    window and pitch), so a coil with many defects does not find marks by looking often."""
     if length_mm <= 0:
         return True
-    background = max(n - repeats, 0) / length_mm  # defects per mm
-    q = min(1.0, 2 * cfg.periodic_jitter_mm * background * (cfg.periodic_max_missed + 1))
+    q = min(1.0, 2 * cfg.periodic_jitter_mm * background / length_mm * (cfg.periodic_max_missed + 1))
     return tries * q ** (repeats - 1) < SIGNIFICANCE
 
 
