@@ -47,6 +47,9 @@ def strip_map(report: Any, cfg: Config) -> bytes:
                 ax.add_patch(Rectangle((a / 1000, c["x0_mm"]), (b - a) / 1000, c["x1_mm"] - c["x0_mm"],
                                        facecolor="#9aa0a6", alpha=0.55, hatch="///", edgecolor="#5f6368",
                                        linewidth=0, zorder=1))
+        if not cams:
+            ax.text(0.5, 0.5, f"no camera on the {surface} surface (line.cameras)", transform=ax.transAxes,
+                    ha="center", va="center", color="#5f6368")
         mine = [d for d in report.defects if d.surface == surface]
         if mine:
             min_len, min_wid = length_m / 800, (high - low) / 90
