@@ -10,7 +10,8 @@
 A coil closes (README "The line layer"): once its coil end has been folded and every event published before the
 end + line.end_grace_s has been folded; or line.coil_idle_s after its last event once every camera that saw it
 has an event of another coil; or, with --burst, when both inputs have nothing more. The loop thread owns the
-store, the parsing and the reports; the supervisor reads only the stats (locked) and the health beats.
+store's readers, the parsing and the reports; the supervisor only writes the heartbeat, probes Redis (the same
+thread-safe connection pool) and reads the stats (locked) and the health beats.
 """
 
 from __future__ import annotations
@@ -151,11 +152,13 @@ class LineService:
         try:
             state = self.store.state(coil)
             rep = report.build(state, self.cfg, by)
+            self.health.beat("loop")  # a 200,000-defect coil takes seconds: progress, not a hang
             closed_ts = round(self.clock(), 3)
             rid = self.store.close(state, report.entry(rep, closed_ts), deadline, closed_ts, by)
             if not isinstance(rid, str):
                 return 0  # changed meanwhile (tried again next round) or events before the deadline unfolded
             report.write_files(rep, closed_ts, rid, self.cfg)
+            self.health.beat("loop")
             self.store.finish(coil)
         except (SourceUnavailable, SourceRefused):
             raise
