@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from redis.backoff import ExponentialBackoff
 
@@ -133,6 +134,7 @@ class LineService:
         for coil, meta in zip(coils, metas, strict=True):
             if meta.get("status") != "open":
                 continue
+            deadline: int | None
             if "end_ms" in meta:
                 by, deadline = "coil-end", int(meta["end_ms"]) + int(self.cfg.line.end_grace_s * 1000)
             else:
@@ -142,7 +144,7 @@ class LineService:
                     continue  # a camera is still on this coil
             if force:
                 by, deadline = ("coil-end" if by == "coil-end" else "burst"), None
-            elif now_ms <= deadline:
+            elif deadline is not None and now_ms <= deadline:
                 continue
             closed += self._close(coil, by, deadline)
         return closed
@@ -214,7 +216,7 @@ class LineService:
 
     def run(self, burst: bool = False, handle_signals: bool = True) -> LineStats:
         """Until stop() / SIGTERM (with burst: until both inputs are drained, then every open coil is closed)."""
-        previous = self._install_signals() if handle_signals else {}
+        previous: dict[int, Any] = self._install_signals() if handle_signals else {}
         self.store.wait_ready(self.cfg.redis.startup_wait_s)
         self.write_unwritten()
         supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -286,7 +288,7 @@ class LineService:
                     log.info("%s: %s", self.name, line)
                     self.notifier.status(line)
 
-    def _install_signals(self) -> dict[int, object]:
+    def _install_signals(self) -> dict[int, Any]:
         """SIGTERM / SIGINT: finish the round in flight and exit (twice: exit now)."""
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
