@@ -1,4 +1,4 @@
-"""Command line: `inspector run | feed | bench | demo`. Parses options, calls library code, no logic."""
+"""Command line: `inspector run | coils | feed | bench | demo`. Parses options, calls library code, no logic."""
 
 from __future__ import annotations
 
@@ -105,6 +105,23 @@ def _instance(instance: str, line: str | None, worker_id: int | None) -> tuple[s
         raise click.BadParameter(f"{instance!r}: write LINE-N (e.g. hot-strip-1), without --line or --worker-id",
                                  param_hint="--instance")
     return name, int(number)
+
+
+@main.command()
+@shared_options
+@click.option("--burst", is_flag=True, help="Fold what is there, close every open coil, then exit.")
+@click.option("--metrics-address", default=None,
+              help="HOST:PORT for /metrics, /healthz, /readyz (coils.metrics_address).")
+@click.option("--worker-id", type=int, default=None,
+              help="redis.worker_id: the consumer is <hostname>-coils-<id> (one per replica on a machine).")
+def coils(config_path: str | None, redis_url: str | None, burst: bool, metrics_address: str | None,
+          worker_id: int | None) -> None:
+    """The line service: events -> one report per coil (inspect:{main}:coils, reports/<coil>.json/.png/.html)."""
+    from inspector.line import service
+
+    cfg = _load(config_path, redis_url, coils__metrics_address=metrics_address, redis__worker_id=worker_id)
+    stats = service.run(cfg, burst=burst)
+    click.echo(json.dumps(stats.snapshot()))
 
 
 @main.command()

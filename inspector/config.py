@@ -222,6 +222,113 @@ class MetricsConfig:
             parse_address(self.address)
 
 
+# -- the line layer (`inspector coils`, README "The line layer") ----------------------------------------------
+SURFACES = ("top", "bottom")
+CLASS_KEYS = ("1", "2", "3", "4")
+
+
+@dataclass(frozen=True)
+class CameraPlacement:
+    """Where one camera's frames sit on the strip: column x of a frame is across, row y along."""
+
+    surface: str = setting("top", choices=SURFACES)
+    x_offset_mm: float = 0.0  # across the strip, where column 0 is
+    mm_per_px_across: float = setting(1.0, gt=0)
+    mm_per_px_along: float = setting(1.0, gt=0)
+
+
+@dataclass(frozen=True)
+class GradeLimits:
+    """One grade of the acceptance matrix: a coil gets the first grade whose limits all hold."""
+
+    name: str = ""
+    max_per_100m: dict[str, float] = field(default_factory=dict)  # class id "1".."4" -> defects per 100 m, at most
+    max_area_mm2: dict[str, float] = field(default_factory=dict)  # class id -> the largest defect's area, at most
+    max_periodic: int | None = setting(None, ge=0)  # periodic (roll) marks at most; null: no limit
+    min_coverage: float | None = setting(None, ge=0, le=1)  # every camera's coverage at least; null: no limit
+
+    def check(self) -> None:
+        if not self.name:
+            raise ConfigError("config key 'line.grades[].name' is missing: give every grade a name, e.g. A")
+        for key in ("max_per_100m", "max_area_mm2"):
+            for cls, limit in getattr(self, key).items():
+                if cls not in CLASS_KEYS or limit < 0:
+                    raise ConfigError(f"config key 'line.grades.{self.name}.{key}.{cls}' is out of range: use "
+                                      "class ids 1..4 with limits >= 0")
+
+
+def _default_grades() -> tuple[GradeLimits, ...]:
+    return (GradeLimits("A", {"1": 2, "2": 2, "3": 5, "4": 1}, {"1": 100, "2": 200, "3": 1000, "4": 2000}, 0, 0.95),
+            GradeLimits("B", {"1": 10, "2": 10, "3": 20, "4": 5}, {"1": 500, "2": 1000, "3": 5000, "4": 20000}, 0,
+                        0.8),
+            GradeLimits("C", {}, {}, 0, 0.5))
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    """The strip's geometry, roll-mark search and acceptance matrix: the line service's, not the worker's."""
+
+    cameras: dict[str, CameraPlacement] = field(default_factory=dict)  # camera name -> where its frames sit
+    rolls_mm: dict[str, float] = field(default_factory=dict)  # roll name -> circumference; a periodic finding names it
+    periodic_min_repeats: int = setting(3, ge=2)  # a mark is periodic once seen this many times at one pitch
+    coil_idle_s: float = setting(30.0, gt=0)  # closes this long after its last event, once its cameras moved on
+    end_grace_s: float = setting(5.0, ge=0)  # events published up to this long after the coil end still count
+    merge_gap_mm: float = setting(1.0, ge=0)  # parts of a defect this close along and across are one defect
+    periodic_x_tol_mm: float = setting(10.0, gt=0)  # repeats of one mark sit this close across the strip
+    periodic_jitter_mm: float = setting(15.0, gt=0)  # a repeat sits this close to first_mm + k * pitch
+    periodic_max_missed: int = setting(2, ge=0)  # repeats in a row a mark may miss (a rejected frame, too faint)
+    periodic_pitch_mm: tuple[float, ...] = setting((300.0, 10000.0), gt=0, each=True)  # search range, unnamed pitches
+    roll_tolerance: float = setting(0.01, gt=0, lt=1)  # a pitch within this fraction of a circumference names the roll
+    grades: tuple[GradeLimits, ...] = setting(factory=_default_grades)  # best first
+    hold_grade: str = "hold"  # the grade of a coil that meets no grade's limits
+
+    def check(self) -> None:
+        for name, cam in self.cameras.items():
+            validate_section(cam, f"line.cameras.{name}")
+        for roll, mm in self.rolls_mm.items():
+            if not mm > 0:
+                raise ConfigError(f"config key 'line.rolls_mm.{roll}' is out of range: use a circumference > 0 mm")
+        low, high = (*self.periodic_pitch_mm, 0.0, 0.0)[:2]
+        if len(self.periodic_pitch_mm) != 2 or not low < high:
+            raise ConfigError("config key 'line.periodic_pitch_mm' is out of range: use [shortest, longest] pitch in "
+                              "mm, shortest < longest, e.g. [300, 10000]")
+        for grade in self.grades:
+            validate_section(grade, "line.grades")
+        if not self.grades:
+            raise ConfigError("config key 'line.grades' is empty: give at least one grade (see config/inspector.yaml)")
+
+
+@dataclass(frozen=True)
+class CoilsConfig:
+    """`inspector coils`: its keys (all derived here, README "The line layer"), group, pacing and report files."""
+
+    # keys: None derives them from redis.line (inspector/io/keys.py), in the line's hash slot
+    events_key: str | None = None  # input: the worker's events (None: the worker's, inspect:{<line>}:events)
+    coil_ends_key: str | None = None  # input: end-of-coil entries (None: inspect:{<line>}:coil-ends)
+    coils_key: str | None = None  # output: one report entry per coil (None: inspect:{<line>}:coils)
+    state_prefix: str | None = None  # every other key: per-coil state, heartbeats, stats (None: inspect:{<line>}:line)
+    group: str = "coils"  # consumer group on both inputs
+    consumer: str | None = None  # None: <hostname>-coils-<worker_id>; stable across restarts
+    batch_size: int = setting(256, ge=1, le=4096)  # events folded per Lua call
+    block_ms: int = setting(500, ge=1)
+    heartbeat_ttl_ms: int = setting(10_000, ge=300, fix="use at least 300 ms")  # silent this long: claimed
+    claim_every_s: float = setting(1.0, gt=0)
+    close_every_s: float = setting(1.0, gt=0)  # how often open coils are checked for closing
+    coils_maxlen: int = setting(100_000, ge=1)  # XADD MAXLEN ~ on the coils stream
+    tombstone_ttl_s: int = setting(7 * 86_400, ge=1)  # a closed coil is remembered this long (late events)
+    max_coil_bytes: int = setting(64_000_000, ge=1024)  # a coil's stored defects stop growing here (counted)
+    reports_dir: str = "reports"
+    metrics_address: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz; None: off
+
+    def check(self) -> None:
+        if self.metrics_address is not None:
+            try:
+                parse_address(self.metrics_address)
+            except ConfigError:
+                raise ConfigError(f"config key 'coils.metrics_address' is '{self.metrics_address}': use HOST:PORT, "
+                                  "e.g. 0.0.0.0:9109") from None
+
+
 @dataclass(frozen=True)
 class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -230,8 +337,12 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    line: LineConfig = field(default_factory=LineConfig)
+    coils: CoilsConfig = field(default_factory=CoilsConfig)
 
     def validate(self) -> Config:
+        check_keys("coils", self.redis.line, self.redis.mode == "cluster",
+                   {f: getattr(self.coils, f) for f in ("events_key", "coil_ends_key", "coils_key", "state_prefix")})
         """Every section's field rules (`setting`), then its `check()` for rules that relate keys."""
         for sec in dataclasses.fields(self):
             validate_section(getattr(self, sec.name), sec.name)
@@ -312,6 +423,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], key) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r:.60}")
+        if any(isinstance(k, bool) or not isinstance(k, str | int) for k in value):
+            raise ConfigError(f"config key '{key}' must have names (strings) as keys, got {list(value)!r:.60}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return section(hint, value, key)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")

@@ -1,8 +1,9 @@
 """`inspector demo`: the whole loop on one machine with no other step.
 
-A private redis-server (unless one is configured), a synthetic camera pushing frames at a set rate, the
-engine in engines/current, the worker, and a live summary read back from the events stream, the way a
-downstream system would see it. Pointed at an existing Redis, the demo works under keys and a group of its own
+A private redis-server (unless one is configured), a synthetic line of two cameras pushing frames of coils
+(ids, positions, one roll mark) at a set rate each, the engine in engines/current, the worker, the coils service
+(`inspector.line.demo`), a live summary read back from the events stream, the way a downstream system would see
+it, and one line per coil report. Pointed at an existing Redis, the demo works under keys and a group of its own
 and deletes them when it ends: the production stream is never read, trimmed or joined.
 """
 
@@ -19,10 +20,11 @@ import redis
 
 from inspector import config as config_mod
 from inspector.config import Config
-from inspector.feed import corrupt, feed, messages, redis_adder, synthetic_payloads
+from inspector.feed import corrupt, feed, redis_adder
 from inspector.io import client as clients
 from inspector.io.isolation import private_keys, remove_keys
 from inspector.io.redis_server import PrivateRedis
+from inspector.line.demo import LineDemo
 from inspector.pipeline import from_config
 from inspector.protocol import EVENT_FIELD, unpack_event
 
@@ -80,7 +82,7 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
     stop = threading.Event()
     client = clients.connect(cfg.redis)
     keys = cfg.redis.keys()
-    pipe = None
+    pipe = line = None
     try:
         pipe = from_config(cfg)
         b = pipe.engine.backend
@@ -99,24 +101,30 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
             add(entries)
             sent[0] += len(entries)
 
-        frames = messages(synthetic_payloads(seed, 48, "jpeg"), camera="demo-cam")
-        feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps, stop.is_set), daemon=True)
+        line = LineDemo(cfg, client, out)  # coils with ids and positions, two cameras, one roll mark
+        frames = line.frames(seed)
+        feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps * line.cameras, stop.is_set),
+                                  daemon=True)
         summary = Summary(client, cfg, lambda: sent[0], out)
         reporter = threading.Thread(target=summary.loop, args=(stop, every_s), daemon=True)
         if seconds:
             threading.Timer(seconds, pipe.stop).start()
         feeder.start()
         reporter.start()
+        line.start(stop)
         pipe.run()
         stop.set()
         time.sleep(0.1)
         summary.poll()
-        out("final: " + summary.line())
+        line.finish()
+        out("final: " + summary.line() + f" | coils reported {line.coils_done}")
         return summary
     finally:
         stop.set()
         if pipe is not None:
             pipe.close()
+        if line is not None:
+            line.cleanup()
         if server is None:
             with contextlib.suppress(redis.RedisError):
                 remove_keys(client, cfg)

@@ -39,7 +39,7 @@ from inspector.io import Entry, EventSink, FrameSource, Outcome, Published
 from inspector.metrics import Metrics
 from inspector.notify import Notifier
 from inspector.postprocess import analyse
-from inspector.protocol import Defect, Event, FrameMessage, identity, parse_frame
+from inspector.protocol import Defect, Event, FrameMessage, identity, parse_frame, placement
 from inspector.serving import ActiveEngine, check_compatible, load_engine
 from inspector.staging import Slot, StagingRing
 from inspector.stats import Stats
@@ -63,10 +63,13 @@ class FrameRecord:
     def outcome(self, model: str, done_ts: float, max_payload_bytes: int) -> Outcome:
         if self.error is None and self.message is not None:
             m = self.message
-            event = Event(m.id, self.entry.id, m.camera, m.seq, m.ts, done_ts, model, "ok", defects=self.defects)
+            event = Event(m.id, self.entry.id, m.camera, m.seq, m.ts, done_ts, model, "ok", defects=self.defects,
+                          coil=m.coil, pos_mm=m.pos_mm)
             return Outcome(self.entry, event.pack(), None, m.camera, m.seq)
         frame_id, camera, seq, ts = identity(self.entry.fields, max_payload_bytes)
-        event = Event(frame_id, self.entry.id, camera, seq, ts, done_ts, model, "rejected", self.error)
+        coil, pos_mm = placement(self.entry.fields, max_payload_bytes)
+        event = Event(frame_id, self.entry.id, camera, seq, ts, done_ts, model, "rejected", self.error, coil=coil,
+                      pos_mm=pos_mm)
         return Outcome(self.entry, event.pack(), self.error or "rejected", camera, seq)
 
 

@@ -1,8 +1,9 @@
 """The wire format shared with cameras and downstream systems, in one place (README "Protocol").
 
-Frames stream entry: exactly one field `f` = msgpack map {id, camera, seq, ts, height, width, encoding, data}.
+Frames stream entry: exactly one field `f` = msgpack map {id, camera, seq, ts, height, width, encoding, data}, and
+optionally {coil, pos_mm}: where on the strip the frame's row 0 is (the line service places defects with them).
 Events stream entry: one field `e` = msgpack map {v, frame_id, entry_id, camera, seq, ts, done_ts, model, status,
-error, defects: [{class_id, rle, area, score, components: [[x, y, w, h, area], ...]}]}.
+error, coil, pos_mm, defects: [{class_id, rle, area, score, components: [[x, y, w, h, area], ...]}]}.
 Dead-letter entry: the frame entry's original fields plus `error`, `source_id`, `consumer`, `deliveries`.
 
 Everything a camera sends is checked here before any decoding: sizes, types and ranges, so a hostile entry costs
@@ -19,13 +20,14 @@ import msgpack
 
 from inspector.errors import DecodeError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frames may carry coil and pos_mm, events echo both (null when absent)
 FRAME_FIELD = b"f"
 EVENT_FIELD = b"e"
 ENCODINGS = ("gray8", "jpeg", "png")
 MAX_SEQ = 2**53  # seq must be an integer in [0, 2**53): exact in every JSON / Lua / float consumer
 MAX_ID_CHARS = 256
 MAX_CAMERA_CHARS = 128
+MAX_COIL_CHARS = 64
 MAX_DEAD_FIELDS = 64  # an entry with more fields is dead-lettered as one packed `fields` value
 _TYPES = {"id": str, "camera": str, "seq": int, "ts": (int, float), "height": int, "width": int,
           "encoding": str, "data": bytes}
@@ -43,11 +45,14 @@ class FrameMessage:
     width: int
     encoding: str  # gray8 | jpeg | png
     data: bytes
+    coil: str | None = None  # the coil id from the mill's tracking, 1..MAX_COIL_CHARS characters
+    pos_mm: float | None = None  # strip length position of row 0, from the coil's head end, >= 0
 
     def pack(self) -> bytes:
-        return msgpack.packb({"id": self.id, "camera": self.camera, "seq": self.seq, "ts": self.ts,
-                              "height": self.height, "width": self.width, "encoding": self.encoding,
-                              "data": self.data}, use_bin_type=True)
+        body = {"id": self.id, "camera": self.camera, "seq": self.seq, "ts": self.ts, "height": self.height,
+                "width": self.width, "encoding": self.encoding, "data": self.data}
+        body.update({k: v for k, v in (("coil", self.coil), ("pos_mm", self.pos_mm)) if v is not None})
+        return msgpack.packb(body, use_bin_type=True)
 
 
 @dataclass
@@ -79,12 +84,14 @@ class Event:
     status: str  # ok | rejected
     error: str | None = None
     defects: list[Defect] = field(default_factory=list)
+    coil: str | None = None  # echoed from the frame (None: absent or invalid)
+    pos_mm: float | None = None
 
     def pack(self) -> bytes:
         body: dict[str, Any] = {"v": PROTOCOL_VERSION, "frame_id": self.frame_id, "entry_id": self.entry_id,
                                 "camera": self.camera, "seq": self.seq, "ts": self.ts, "done_ts": self.done_ts,
-                                "model": self.model, "status": self.status,
-                                "defects": [d.as_dict() for d in self.defects]}
+                                "model": self.model, "status": self.status, "coil": self.coil,
+                                "pos_mm": self.pos_mm, "defects": [d.as_dict() for d in self.defects]}
         if self.error is not None:
             body["error"] = self.error
         return msgpack.packb(body, use_bin_type=True)
@@ -130,7 +137,34 @@ def parse_frame(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_00
             raise DecodeError(f"frame key '{key}' has type {type(body[key]).__name__}, expected "
                               f"{'number' if key == 'ts' else kind.__name__}")  # type: ignore[union-attr]
     _check_ranges(body)
-    return FrameMessage(**{k: body[k] for k in _TYPES})
+    coil, pos_mm = _placement(body, strict=True)
+    return FrameMessage(**{k: body[k] for k in _TYPES}, coil=coil, pos_mm=pos_mm)
+
+
+def _placement(body: dict[str, Any], strict: bool) -> tuple[str | None, float | None]:
+    """The optional (coil, pos_mm) of a frame map; strict: DecodeError on a bad one, else None for it."""
+    coil, pos = body.get("coil"), body.get("pos_mm")
+    problem = None
+    if coil is not None and not (isinstance(coil, str) and 1 <= len(coil) <= MAX_COIL_CHARS):
+        problem = (f"frame key 'coil' must be a string of 1..{MAX_COIL_CHARS} characters, got "
+                   + (f"{len(coil)} characters" if isinstance(coil, str) else type(coil).__name__))
+        coil = None
+    if pos is not None and (isinstance(pos, bool) or not isinstance(pos, int | float)
+                            or not (math.isfinite(pos) and pos >= 0)):
+        problem = problem or ("frame key 'pos_mm' must be a finite number >= 0, got "
+                              + (repr(pos)[:40] if isinstance(pos, int | float) else type(pos).__name__))
+        pos = None
+    if strict and problem:
+        raise DecodeError(problem)
+    return coil, None if pos is None else float(pos)
+
+
+def placement(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_000_000) -> tuple[str | None,
+                                                                                             float | None]:
+    """Best-effort (coil, pos_mm) of a possibly malformed entry, for its rejected event: None for each one that
+    is missing, mistyped or out of range."""
+    body = _best_effort(fields, max_payload_bytes)
+    return _placement(body, strict=False)
 
 
 def _check_ranges(body: dict[str, Any]) -> None:
@@ -152,14 +186,7 @@ def _check_ranges(body: dict[str, Any]) -> None:
 def identity(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_000_000) -> tuple[str, str, int, float]:
     """Best-effort (id, camera, seq, ts) of a possibly malformed entry, for its rejected event: each value that
     is missing, mistyped or out of range becomes "", "", -1 or 0.0 (an over-long id is cut)."""
-    payload = (fields or {}).get(FRAME_FIELD, b"")
-    body: Any = None
-    if len(payload) <= max_payload_bytes:
-        try:
-            body = _unpack(payload, max_payload_bytes)
-        except Exception:
-            body = None
-    body = body if isinstance(body, dict) else {}
+    body = _best_effort(fields, max_payload_bytes)
 
     def text(key: str, limit: int) -> str:
         value = body.get(key)
@@ -171,6 +198,18 @@ def identity(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_000_0
     ts = float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts) and ts >= 0 \
         else 0.0
     return text("id", MAX_ID_CHARS), text("camera", MAX_CAMERA_CHARS), seq, ts
+
+
+def _best_effort(fields: dict[bytes, bytes] | None, max_payload_bytes: int) -> dict[Any, Any]:
+    """The frame map of an entry, or {} when there is none to read."""
+    payload = (fields or {}).get(FRAME_FIELD, b"")
+    body: Any = None
+    if isinstance(payload, bytes) and len(payload) <= max_payload_bytes:
+        try:
+            body = _unpack(payload, max_payload_bytes)
+        except Exception:
+            body = None
+    return body if isinstance(body, dict) else {}
 
 
 def dead_letter_fields(fields: dict[bytes, bytes] | None, error: str, source_id: str, consumer: str,

@@ -17,6 +17,7 @@ from inspector.feed import corrupt, feed, folder_payloads, messages, redis_adder
 from inspector.io.base import Outcome
 from inspector.io.redis_streams import RedisStreams
 from inspector.pipeline import from_config
+from inspector.protocol import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.redis
 
@@ -32,7 +33,8 @@ def test_three_encodings_one_event_each(redis_url, tiny_engine, sample_dir) -> N
     got = events(client)
     assert len(got) == 9 and all(e["status"] == "ok" for e in got)
     assert Counter(e["camera"] for e in got) == {"cam-gray": 3, "cam-png": 3, "cam-jpeg": 3}
-    assert all(e["model"] == pipe.engine.model_id and e["done_ts"] >= e["ts"] and e["v"] == 1 for e in got)
+    assert all(e["model"] == pipe.engine.model_id and e["done_ts"] >= e["ts"] for e in got)
+    assert all(e["v"] == PROTOCOL_VERSION and e["coil"] is None and e["pos_mm"] is None for e in got)
     assert client.xpending("inspect:{main}:frames", "inspectors")["pending"] == 0
     assert client.xlen("inspect:{main}:frames") == 0  # acked by the only group: trimmed
 
