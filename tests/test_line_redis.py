@@ -106,7 +106,8 @@ def test_a_synthetic_coil_gives_the_expected_report(redis_url, tmp_path) -> None
     page = (tmp_path / "C-ACC.html").read_text()
     assert "work-top" in page and "data:image/png;base64," in page and "http" not in page  # self-contained
     assert client.zcard("inspect:{main}:line:open") == 0 and not client.exists("inspect:{main}:line:log:C-ACC")
-    assert client.hget("inspect:{main}:line:meta:C-ACC", b"status") == b"done" and client.ttl("inspect:{main}:line:meta:C-ACC") > 0
+    meta = "inspect:{main}:line:meta:C-ACC"
+    assert client.hget(meta, b"status") == b"done" and client.ttl(meta) > 0
 
 
 def files(folder: Path) -> dict[str, object]:
@@ -213,7 +214,8 @@ def test_sigkilled_five_times_and_two_replicas_give_the_same_reports_once_each(r
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert comparable(entries(client)) == clean and files(tmp_path / "replicas") == clean_files
-    folded = [int(client.hget(f"inspect:{main}:line:stats:{os.uname().nodename}-coils-{i}", "folded") or 0) for i in (1, 2)]
+    stats = "inspect:{main}:line:stats:" + os.uname().nodename
+    folded = [int(client.hget(f"{stats}-coils-{i}", "folded") or 0) for i in (1, 2)]
     assert sum(folded) == client.xlen("inspect:{main}:events")  # every event folded once, by one replica or the other
 
 
