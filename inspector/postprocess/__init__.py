@@ -1,8 +1,9 @@
 """Probability maps -> defects: threshold, 8-connected components, drop small ones, gate classes, RLE.
 
 The rules are stated once (`rules.py`). Two implementations hold one contract: `analyse_cpu` (NumPy + OpenCV,
-the specification) and `analyse_device` (torch tensors on any device; CV-CUDA labelling on CUDA). Tests hold
-them bit-identical on masks, RLE, boxes, areas and scores.
+the specification) and `analyse_device` (torch tensors on any device; on CUDA the labeller `labellers.choose`
+names: CV-CUDA, else CuPy, else host labelling from device-found runs). Tests hold them bit-identical on masks,
+RLE, boxes, areas and scores. `pool.size_for` sizes the host threads from the cores left after decode.
 """
 
 from __future__ import annotations
