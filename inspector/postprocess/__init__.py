@@ -17,7 +17,17 @@ from inspector.postprocess.masks import clean
 from inspector.postprocess.params import PostprocessParams
 from inspector.protocol import Defect
 
-__all__ = ["PostprocessParams", "analyse", "analyse_cpu", "analyse_device", "clean"]
+__all__ = ["PostprocessParams", "analyse", "analyse_cpu", "analyse_device", "clean", "prepare"]
+
+
+def prepare(device: str | torch.device, decode_threads: int) -> str:
+    """At worker start (the thread that builds the pipeline): size the post-processing pool from the cores left
+    after decode, and say which labeller runs and why, for the start-up line."""
+    from inspector.postprocess import labellers, pool
+
+    threads = pool.size_for(decode_threads)
+    choice = labellers.choose(device)
+    return f"post-processing: {choice.name} labeller, {choice.why}; {threads} host thread(s)"
 
 
 def analyse(probs: torch.Tensor | np.ndarray, presence: torch.Tensor | np.ndarray | None,
