@@ -114,15 +114,32 @@ def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, s
     return {**result, **environment()}
 
 
-def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool], metrics: Metrics | None) -> Stats:
-    """Run the threaded pipeline until `frames` events are out (or the feeder is gone and the stream idle)."""
+def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool], metrics: Metrics | None,
+           deadline_s: float | None = None) -> tuple[Stats, bool]:
+    """Run the threaded pipeline until `frames` events are out (or the feeder is gone and the stream idle, or
+    `deadline_s` has passed: then a warm stop). Returns the stats and whether the deadline stopped it."""
     pipe.stats = stats = Stats(metrics=metrics)
-    while stats.counters["frames"] < frames:
-        pipe.run(burst=True, handle_signals=False)
-        if not feeding():
+    expired, done = threading.Event(), threading.Event()
+
+    def watch() -> None:  # stop() again every 0.2 s once past the deadline: a run() starting clears the flag
+        if not done.wait(deadline_s):
+            expired.set()
+            pipe.stop()
+            while not done.wait(0.2):
+                pipe.stop()
+
+    watcher = threading.Thread(target=watch, daemon=True) if deadline_s else None
+    if watcher is not None:
+        watcher.start()
+    try:
+        while stats.counters["frames"] < frames and not expired.is_set():
             pipe.run(burst=True, handle_signals=False)
-            break
-    return stats
+            if not feeding() and not expired.is_set():
+                pipe.run(burst=True, handle_signals=False)
+                break
+    finally:
+        done.set()
+    return stats, expired.is_set()
 
 
 @contextlib.contextmanager
@@ -184,16 +201,17 @@ def offline(cfg: Config, frames: int, rate: float = 0.0, source: str = "syntheti
         if rate <= 0:
             feeder.join()
         with _scraped(with_metrics) as metrics:
-            stats = _drive(pipe, frames, feeder.is_alive, metrics)
+            stats, _ = _drive(pipe, frames, feeder.is_alive, metrics)
         return _result(cfg, pipe, stats, "offline", rate, source, encoding)
     finally:
         pipe.close()
 
 
 def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic", encoding: str = "gray8",
-               with_metrics: bool = False) -> dict[str, Any]:
+               with_metrics: bool = False, deadline_s: float | None = None) -> dict[str, Any]:
     """Real Redis stream fed by a separate `inspector feed` process at `rate` frames/s (0 = flat out), under keys
-    and a group of this run's own, deleted at the end."""
+    and a group of this run's own, deleted at the end. `deadline_s` bounds the timed part: past it the worker
+    stops warm, the feeder is ended and the result says `stopped_at_deadline`."""
     import redis
 
     from inspector.io.redis_server import PrivateRedis
@@ -216,10 +234,12 @@ def with_redis(cfg: Config, frames: int, rate: float, source: str = "synthetic",
                "--camera", "bench"] + ([] if source == "synthetic" else ["--folder", source])
         feeder = subprocess.Popen(cmd)
         with _scraped(with_metrics) as metrics:
-            stats = _drive(pipe, frames, lambda: feeder.poll() is None, metrics)
-        if feeder.wait(timeout=60) != 0:
+            stats, expired = _drive(pipe, frames, lambda: feeder.poll() is None, metrics, deadline_s)
+        if expired:
+            feeder.terminate()
+        if feeder.wait(timeout=60) != 0 and not expired:
             raise RuntimeError(f"the feeder process exited with {feeder.returncode}")
-        return _result(cfg, pipe, stats, "redis", rate, source, encoding)
+        return {**_result(cfg, pipe, stats, "redis", rate, source, encoding), "stopped_at_deadline": expired}
     finally:
         if pipe is not None:
             pipe.close()

@@ -166,7 +166,7 @@ class EngineConfig:
     device: str = "auto"  # auto (cuda when the backend can use it) | cpu | cuda (check())
     threads: int = setting(0, ge=0)  # intra-op CPU threads for torch / ONNX Runtime; 0 = library default
     fp16: bool = True  # torch backend on CUDA: half precision
-    cuda_graph_batches: tuple[int, ...] = setting((1, 8, 16, 32), ge=1, each=True,
+    cuda_graph_batches: tuple[int, ...] = setting((1, 2, 4, 8, 12, 16, 24, 32), ge=1, each=True,
                                                   fix="use batch sizes >= 1")  # torch on CUDA: graphs at start
     watch: bool = True  # load a new engine when `path` points somewhere new (and on SIGHUP), without a stop
     watch_every_s: float = setting(2.0, gt=0)

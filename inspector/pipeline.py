@@ -38,7 +38,7 @@ from inspector.health import Health
 from inspector.io import Entry, EventSink, FrameSource, Outcome, Published
 from inspector.metrics import Metrics
 from inspector.notify import Notifier
-from inspector.postprocess import analyse
+from inspector.postprocess import analyse, prepare
 from inspector.protocol import Defect, Event, FrameMessage, identity, parse_frame, placement
 from inspector.serving import ActiveEngine, check_compatible, load_engine
 from inspector.staging import Slot, StagingRing
@@ -109,6 +109,7 @@ class Pipeline:
         self.ring = StagingRing(config.batching.ring_depth, config.batching.batch_size, height, width, device)
         self.streams = DeviceStreams(device)
         self.decoder = DecodePool(config.batching.decode_threads)
+        self.post_why = prepare(device, config.batching.decode_threads)  # pool size, labeller: for the start-up line
         self._stop = threading.Event()
         self._abort = threading.Event()  # second signal: stop waiting for anything
         self._signals = 0
@@ -362,8 +363,9 @@ class Pipeline:
         b = self.engine.backend
         if self.stats.metrics is not None:
             self.stats.metrics.engine(b.model_id, b.name, str(b.device), b.manifest.versions)
-        log.info("%s: running %s on %s %s (%s; batch %d, max wait %.0f ms)", self.name, b.model_id, b.name,
-                 b.device, b.why or "as configured", self.cfg.batching.batch_size, self.cfg.batching.max_wait_ms)
+        log.info("%s: running %s on %s %s (%s; batch %d, max wait %.0f ms; %s)", self.name, b.model_id, b.name,
+                 b.device, b.why or "as configured", self.cfg.batching.batch_size, self.cfg.batching.max_wait_ms,
+                 self.post_why)
         handoff: queue.Queue[Batch | Retire | None] = queue.Queue(maxsize=max(1, self.cfg.batching.ring_depth - 1))
         producer = threading.Thread(target=self._guard, args=("producer", self._produce, handoff, burst,
                                                               max_batches), name="producer", daemon=True)

@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -125,34 +126,80 @@ def test_tensorrt_mismatch_names_the_fix() -> None:
                      "NVIDIA H200", "9.0")
 
 
+# -- on a GPU: each precision against FP32 PyTorch of a trained checkpoint, on real frames -------------------------
+# An untrained model's outputs sit at 0.50 +- 0.02, a sixth of its pixels within 1e-3 of the threshold: any two
+# precisions disagree there, so a Dice between them says nothing. The demo engine is trained: its outputs are far
+# from its thresholds, and what is checked below only breaks for a reason (a wrong layer, layout or scaling).
+
+TRAVELLING = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "severstal-8"  # real frames, in the repo
+
+
+def demo_engine() -> Path:
+    """The trained engine shipped in engines/ (its folder, not the `current` link)."""
+    root = Path(__file__).resolve().parents[1] / "engines"
+    folders = sorted(p for p in root.iterdir() if not p.is_symlink() and (p / "manifest.json").exists())
+    if not folders:
+        pytest.skip(f"no engine folder in {root}")
+    return folders[-1]
+
+
+def real_frames() -> torch.Tensor:
+    from trainer.data import load_dataset, read_image
+
+    return torch.from_numpy(np.stack([read_image(s.path) for s in load_dataset(TRAVELLING)]))[:, None]
+
+
+def assert_near_fp32(got: torch.Tensor, want: torch.Tensor, thresholds: list[float]) -> None:
+    """got: a lower-precision engine's probabilities; want: FP32 PyTorch's, same frames. The mean |difference| is
+    under 1e-3 (FP16 keeps about 3 digits; a real fault moves every pixel); where FP32 is clear of the threshold by
+    0.05, fewer than 1 pixel in 10^5 flips; each class's Dice is >= 0.98 (0.998 with FP16 on the CPU)."""
+    got, want = got.float().cpu(), want.float().cpu()
+    t = torch.tensor(thresholds).view(1, -1, 1, 1)
+    assert float((got - want).abs().mean()) < 1e-3
+    a, b = want > t, got > t
+    clear = (want - t).abs() > 0.05
+    assert float((a != b)[clear].float().mean()) < 1e-5
+    inter = (a & b).sum(dim=(0, 2, 3)).float()
+    total = (a.sum(dim=(0, 2, 3)) + b.sum(dim=(0, 2, 3))).float()
+    dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+    assert float(dice.min()) >= 0.98, dice.tolist()
+
+
+def fp32_reference(engine: engines.EngineFolder, x: torch.Tensor) -> torch.Tensor:
+    with backends.load(engine, "torch", "cpu") as cpu:
+        return torch.cat([cpu.infer(x[i:i + 4]).probs for i in range(0, len(x), 4)])
+
+
+def test_the_fp32_comparison_passes_itself_and_catches_a_layout_fault() -> None:
+    """The CPU half of the two tests below: the trained engine's FP32 output on real frames meets the comparison
+    against itself and fails it mirrored (what a width/height or channels-last mix-up would give)."""
+    engine = engines.load(demo_engine())
+    want = fp32_reference(engine, real_frames()[:2])
+    thresholds = engine.manifest.postprocess["thresholds"]
+    assert_near_fp32(want, want, thresholds)
+    with pytest.raises(AssertionError):
+        assert_near_fp32(want.flip(-1), want, thresholds)
+
+
 @pytest.mark.tensorrt
 @pytest.mark.gpu
-def test_tensorrt_engine_matches_torch(tiny_checkpoint, tmp_path) -> None:
-    folder = build(tiny_checkpoint, frames(4), tmp_path / "engines", "tensorrt", max_batch=8, opt_batch=4)
+def test_tensorrt_engine_matches_fp32_on_the_trained_checkpoint(tmp_path) -> None:
+    x = real_frames()
+    folder = build(demo_engine() / "checkpoint.pt", x[:4], tmp_path / "engines", "tensorrt", max_batch=8,
+                   opt_batch=4, install=False)
     engine = engines.load(folder)
-    x = frames(4)
-    with backends.load(engine, "tensorrt", "cuda") as trt_b, backends.load(engine, "torch", "cuda") as torch_b:
-        a, b = trt_b.infer(x.cuda()), torch_b.infer(x.cuda())
-    t = torch.tensor(engine.manifest.postprocess["thresholds"], device="cuda").view(1, 4, 1, 1)
-    ma, mb = a.probs.float() > t, b.probs.float() > t
-    inter = (ma & mb).sum(dim=(0, 2, 3)).float()
-    total = (ma.sum(dim=(0, 2, 3)) + mb.sum(dim=(0, 2, 3))).float()
-    dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-    assert float(dice.min()) >= 0.99
+    with backends.load(engine, "tensorrt", "cuda") as trt_b:
+        got = torch.cat([trt_b.infer(x[i:i + 4].cuda()).probs.cpu() for i in range(0, len(x), 4)])
+    assert_near_fp32(got, fp32_reference(engine, x), engine.manifest.postprocess["thresholds"])
 
 
 @pytest.mark.gpu
-def test_torch_fp16_masks_match_fp32(tiny_engine) -> None:
-    engine = engines.load(tiny_engine)
-    x = frames(4).cuda()
-    with backends.load(engine, "torch", "cuda", fp16=True) as half, \
-            backends.load(engine, "torch", "cuda", fp16=False) as full:
-        a, b = half.infer(x), full.infer(x)
-    ma, mb = a.probs.float() > 0.5, b.probs > 0.5
-    inter = (ma & mb).sum(dim=(0, 2, 3)).float()
-    total = (ma.sum(dim=(0, 2, 3)) + mb.sum(dim=(0, 2, 3))).float()
-    dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-    assert float(dice.min()) >= 0.99
+def test_torch_fp16_matches_fp32_on_the_trained_checkpoint() -> None:
+    engine = engines.load(demo_engine())
+    x = real_frames()
+    with backends.load(engine, "torch", "cuda", fp16=True, graph_batches=(4,)) as half:
+        got = torch.cat([half.infer(x[i:i + 4].cuda()).probs.cpu() for i in range(0, len(x), 4)])
+    assert_near_fp32(got, fp32_reference(engine, x), engine.manifest.postprocess["thresholds"])
 
 
 def test_torch_format_engine_runs_through_auto_backend(tiny_checkpoint, tmp_path) -> None:

@@ -1,9 +1,13 @@
 """PyTorch on CPU or CUDA, from the trainer checkpoint kept in the engine folder.
 
 On CUDA: FP16 weights, channels-last, `inference_mode`, and CUDA graphs for fixed batch buckets
-(`engine.cuda_graph_batches`, e.g. 1/8/16/32) captured once at activate() into one shared memory pool, largest
-first, with capture_error_mode="thread_local" so the other worker threads' CUDA calls cannot invalidate a
-capture. A batch runs in the smallest bucket that holds it, padded; larger ones run eagerly.
+(`engine.cuda_graph_batches`, 1/2/4/8/12/16/24/32 by default) captured once at activate() into one shared memory
+pool, largest first, with capture_error_mode="thread_local" so the other worker threads' CUDA calls cannot
+invalidate a capture. A batch runs in the smallest bucket that holds it, padded (a row's output does not depend on
+the other rows: the padding is sliced off); larger ones run eagerly.
+
+Threads: activate() and close() run in the thread that loads the engine; infer() in the producer thread, on its
+current (engine) stream.
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ class TorchBackend(Backend):
         torch.cuda.set_device(self.device)
         height, width = self.input_shape
         pool = torch.cuda.graph_pool_handle()
+        # The inputs are zero-filled on this stream; the side stream reads them: allocate first, then order.
+        inputs = {n: torch.zeros((n, 1, height, width), dtype=torch.uint8, device=self.device) for n in buckets}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         for n in buckets:
-            static_in = torch.zeros((n, 1, height, width), dtype=torch.uint8, device=self.device)
+            static_in = inputs[n]
             with torch.cuda.stream(side):
                 for _ in range(2):  # warm-up on a side stream, as torch.cuda.graphs documents
                     self.model(static_in)

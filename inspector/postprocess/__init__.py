@@ -1,8 +1,9 @@
 """Probability maps -> defects: threshold, 8-connected components, drop small ones, gate classes, RLE.
 
 The rules are stated once (`rules.py`). Two implementations hold one contract: `analyse_cpu` (NumPy + OpenCV,
-the specification) and `analyse_device` (torch tensors on any device; CV-CUDA labelling on CUDA). Tests hold
-them bit-identical on masks, RLE, boxes, areas and scores.
+the specification) and `analyse_device` (torch tensors on any device; on CUDA the labeller `labellers.choose`
+names: CV-CUDA, else CuPy, else host labelling from device-found runs). Tests hold them bit-identical on masks,
+RLE, boxes, areas and scores. `pool.size_for` sizes the host threads from the cores left after decode.
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from inspector.postprocess.masks import clean
 from inspector.postprocess.params import PostprocessParams
 from inspector.protocol import Defect
 
-__all__ = ["PostprocessParams", "analyse", "analyse_cpu", "analyse_device", "clean"]
+__all__ = ["PostprocessParams", "analyse", "analyse_cpu", "analyse_device", "clean", "prepare"]
+
+
+def prepare(device: str | torch.device, decode_threads: int) -> str:
+    """At worker start (the thread that builds the pipeline): size the post-processing pool from the cores left
+    after decode, and say which labeller runs and why, for the start-up line."""
+    from inspector.postprocess import labellers, pool
+
+    threads = pool.size_for(decode_threads)
+    choice = labellers.choose(device)
+    return f"post-processing: {choice.name} labeller, {choice.why}; {threads} host thread(s)"
 
 
 def analyse(probs: torch.Tensor | np.ndarray, presence: torch.Tensor | np.ndarray | None,

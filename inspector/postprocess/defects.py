@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from inspector.postprocess.masks import clean_class, for_each_map
+from inspector.postprocess.masks import CleanMap, clean_class
 from inspector.postprocess.params import PostprocessParams
+from inspector.postprocess.pool import for_each_map
 from inspector.protocol import Defect
 from inspector.scratch import scratch
 
@@ -28,11 +29,16 @@ def defect_of_map(prob: np.ndarray, k: int, presence: float | None, params: Post
     float32 maps whenever the threshold is >= 2**-11, so any summation order (a GPU's too) gives the same bits."""
     kept = clean_class(prob, params.thresholds[k], params.min_component_area[k], params.min_class_area[k], presence,
                        params.presence_threshold[k], out=scratch("analyse.mask", prob.shape[::-1], np.bool_).T)
-    area = kept.area
-    if not area:
+    if not kept.area:
         return None
-    score = float(prob.T[kept.mask.T].sum(dtype=np.float64) / area)  # the mask is column-major
-    return Defect(k + 1, kept.rle(), area, score, sorted_components(kept.components()))
+    return defect_of(kept, k, prob.T[kept.mask.T].sum(dtype=np.float64))  # the mask is column-major
+
+
+def defect_of(kept: CleanMap, k: int, score_sum: float) -> Defect:
+    """A cleaned, non-empty map of class index k and the sum of its probabilities over the kept pixels (float64)
+    -> its Defect."""
+    area = kept.area
+    return Defect(k + 1, kept.rle(), area, float(score_sum / area), sorted_components(kept.components()))
 
 
 def analyse_cpu(probs: np.ndarray, presence: np.ndarray | None, params: PostprocessParams) -> list[list[Defect]]:

@@ -2,44 +2,48 @@
 
 OpenCV labels the components once; everything after that works on column runs (`runs.py`): areas, the kept
 mask, boxes and the RLE come from a few thousand runs, not from passes over 409,600 pixels per component.
+`clean_class` starts from a probability map; `clean_runs` starts from a map's runs (found on a device) and
+applies the same rules (`kept_runs`), so the device path's host labelling is the reference's own code.
+
+Called from any thread (the post-processing pool's included): the temporaries are per-thread scratch buffers.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from inspector.parallel import each
 from inspector.postprocess import rules
 from inspector.postprocess.components import label_type
+from inspector.postprocess.pool import for_each_map, on_pool
 from inspector.postprocess.rules import f32
 from inspector.postprocess.runs import boxes, column_runs, covered, kaggle_runs
 from inspector.rle import from_runs
 from inspector.scratch import scratch
 
-T = TypeVar("T")
+__all__ = ["CleanMap", "clean", "clean_class", "clean_runs", "for_each_map", "kept_runs", "on_pool"]
 
 
 class CleanMap(NamedTuple):
-    """One class map after the rules: the kept pixels as a mask and as column runs (flat column-major
-    [start, end), one column each), with each run's component label and the pixel count per label."""
+    """One class map after the rules: the kept pixels as a mask (None when cleaned from runs) and as column runs
+    (flat column-major [start, end), one column each), with each run's component label and the pixel count per
+    label."""
 
-    mask: np.ndarray
+    mask: np.ndarray | None
     starts: np.ndarray
     ends: np.ndarray
     labels: np.ndarray
     label_areas: np.ndarray
+    height: int
 
     @classmethod
     def empty(cls, out: np.ndarray) -> CleanMap:
         out[...] = False
         none = np.zeros(0, dtype=np.int64)
-        return cls(out, none, none, none, none)
+        return cls(out, none, none, none, none, out.shape[0])
 
     @property
     def area(self) -> int:
@@ -51,7 +55,7 @@ class CleanMap(NamedTuple):
 
     def components(self) -> np.ndarray:
         """int32 rows [x, y, w, h, area], one per kept component, in label order."""
-        ids, box = boxes(self.starts, self.ends, self.labels, self.mask.shape[0], len(self.label_areas))
+        ids, box = boxes(self.starts, self.ends, self.labels, self.height, len(self.label_areas))
         return np.concatenate([box, self.label_areas[ids, None]], axis=1).astype(np.int32)
 
 
@@ -80,15 +84,51 @@ def clean_class(prob: np.ndarray, threshold: float, min_component_area: int, min
     labels = scratch("clean.labels", (width, height), np.uint16 if ltype == cv2.CV_16U else np.int32)
     cv2.connectedComponents(columns.view(np.uint8), labels=labels, connectivity=8, ltype=ltype)
     run_labels = labels.reshape(-1)[starts]  # a run lies in one component: its first pixel names it
-    label_areas = np.bincount(run_labels, weights=ends - starts).astype(np.int64)
-    keep = rules.keep_components(label_areas, min_component_area)  # label 0 has no runs: area 0, never counted
-    if not rules.keep_class(int(label_areas[keep].sum()), min_class_area):
+    rules_say = kept_runs(run_labels, ends - starts, min_component_area, min_class_area)
+    if rules_say is None:
         return CleanMap.empty(out)
-    kept = keep[run_labels]
+    kept, label_areas = rules_say
     if not kept.all():
         columns.reshape(-1)[covered(starts[~kept], ends[~kept])] = False  # clear only the dropped pixels
         starts, ends, run_labels = starts[kept], ends[kept], run_labels[kept]
-    return CleanMap(out, starts, ends, run_labels, label_areas)
+    return CleanMap(out, starts, ends, run_labels, label_areas, height)
+
+
+def kept_runs(run_labels: np.ndarray, lengths: np.ndarray, min_component_area: int,
+              min_class_area: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The component and class rules on labelled runs: (which runs stay, pixels per label), or None when the class
+    is emptied. Label 0 has no runs: area 0, never counted."""
+    label_areas = np.bincount(run_labels, weights=lengths).astype(np.int64)
+    keep = rules.keep_components(label_areas, min_component_area)
+    if not rules.keep_class(int(label_areas[keep].sum()), min_class_area):
+        return None
+    return keep[run_labels], label_areas
+
+
+def clean_runs(starts: np.ndarray, ends: np.ndarray, height: int, min_component_area: int,
+               min_class_area: int) -> tuple[CleanMap, np.ndarray] | None:
+    """One map's foreground given as its column runs (flat column-major [start, end), in order) -> its CleanMap
+    (mask None) and which of the runs it kept, or None when the rules empty it. The runs are drawn into a uint8
+    crop of their extent (columns as rows, as `clean_class` labels them) and OpenCV labels that: work in
+    proportion to the crop, not the frame."""
+    lengths = ends - starts
+    if not len(starts) or not rules.keep_class(int(lengths.sum()), min_class_area):
+        return None
+    cols, top = np.divmod(starts, height)
+    c0, r0 = int(cols[0]), int(top.min())  # runs come in column-major order: the first is in the first column
+    width, rows = int(cols[-1]) + 1 - c0, int(((ends - 1) % height).max()) + 1 - r0
+    crop = scratch("clean_runs.crop", (width, rows), np.uint8)
+    crop.fill(0)
+    pixels = covered(starts, ends)
+    crop.reshape(-1)[(pixels // height - c0) * rows + pixels % height - r0] = 1
+    labels = scratch("clean_runs.labels", (width, rows), np.int32)
+    cv2.connectedComponents(crop, labels=labels, connectivity=8, ltype=cv2.CV_32S)
+    run_labels = labels[cols - c0, top - r0].astype(np.int64)
+    rules_say = kept_runs(run_labels, lengths, min_component_area, min_class_area)
+    if rules_say is None:
+        return None
+    kept, label_areas = rules_say
+    return CleanMap(None, starts[kept], ends[kept], run_labels[kept], label_areas, height), kept
 
 
 def clean(probs: np.ndarray, thresholds: Sequence[float], min_component_areas: Sequence[int],
@@ -118,18 +158,3 @@ def clean(probs: np.ndarray, thresholds: Sequence[float], min_component_areas: S
 
     for_each_map(one, n, c, threads)
     return out
-
-
-WORKERS = min(4, os.cpu_count() or 1)
-_POOL = ThreadPoolExecutor(max_workers=max(WORKERS - 1, 1), thread_name_prefix="postprocess")
-
-
-def on_pool(fn: Callable[[Any], T], items: list[Any], threads: int | None = None) -> list[T]:
-    """fn(item) for every item, results in order, on the post-processing pool: up to `threads` threads (default
-    WORKERS), the caller included. `fn` must not use the pool with more than one thread itself."""
-    return each(fn, items, _POOL, min(WORKERS, WORKERS if threads is None else threads))
-
-
-def for_each_map(fn: Callable[[int, int], T], n: int, c: int, threads: int | None = None) -> list[T]:
-    """fn(frame, class) for every map, results in (frame, class) order (see on_pool)."""
-    return on_pool(lambda m: fn(*m), [(i, k) for i in range(n) for k in range(c)], threads)
