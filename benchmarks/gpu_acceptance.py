@@ -3,12 +3,12 @@ the whole JSON rewritten into the output folder after every step (and before it:
 
 PREPARE ONCE, on the machine that calls the device tool, from the checkout the tool sends (its root):
     bash ../shared/device/prepare-carry.sh hiredis==3.5.0
-  It writes .whl/ (segmentation-models-pytorch, redis, hiredis for Python 3.12: 1.0 MB) and .deb/ (a Redis
-  server: 1.3 MB), both git-ignored, and prints the line that installs them there. (Run it in a full checkout:
-  in a git worktree `.git` is a file and its `.git/info/exclude` line fails; .gitignore ignores both anyway.)
-  What travels: the checkout (about 29 MB: the demo engine's 26 MB included, and the 8 real frames of
-  benchmarks/data/severstal-8) + .whl + .deb, well inside the tool's 64 MiB. The image already has torch, cupy, scipy, timm, numpy, OpenCV, ONNX, ONNX
-  Runtime, pytest, pytest-timeout, prometheus-client, msgpack, pyyaml, click; it has no TensorRT and no CV-CUDA
+  It writes .whl/ (segmentation-models-pytorch, redis, hiredis for Python 3.12: 1.0 MB) and .deb/ (a Redis server:
+  1.3 MB), both git-ignored, and prints the line that installs them there. (Run it in a full checkout: in a git
+  worktree `.git` is a file and its `.git/info/exclude` line fails; .gitignore ignores both anyway.) What travels:
+  the checkout (about 29 MB: the demo engine's 26 MB included, and the 8 real frames of benchmarks/data/severstal-8)
+  + .whl + .deb, well inside the tool's 64 MiB. The image already has torch, cupy, scipy, timm, numpy, OpenCV, ONNX,
+  ONNX Runtime, pytest, pytest-timeout, prometheus-client, msgpack, pyyaml, click; it has no TensorRT and no CV-CUDA
   (the cvcuda wheel, 103-128 MB, does not fit): those steps say so and skip.
 THE ONE COMMAND (device tool):
     run(command="<the line prepare-carry.sh printed> PYTHONUNBUFFERED=1 bash benchmarks/gpu_acceptance.sh
