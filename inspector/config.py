@@ -341,11 +341,12 @@ class Config:
     coils: CoilsConfig = field(default_factory=CoilsConfig)
 
     def validate(self) -> Config:
-        check_keys("coils", self.redis.line, self.redis.mode == "cluster",
-                   {f: getattr(self.coils, f) for f in ("events_key", "coil_ends_key", "coils_key", "state_prefix")})
-        """Every section's field rules (`setting`), then its `check()` for rules that relate keys."""
+        """Every section's field rules (`setting`), then its `check()` for rules that relate keys; then the keys
+        other sections name, against the line's layout (redis.line, redis.mode)."""
         for sec in dataclasses.fields(self):
             validate_section(getattr(self, sec.name), sec.name)
+        check_keys("coils", self.redis.line, self.redis.mode == "cluster",
+                   {f: getattr(self.coils, f) for f in ("events_key", "coil_ends_key", "coils_key", "state_prefix")})
         return self
 
 
