@@ -1,16 +1,26 @@
 # Sourced by scripts/test.sh and scripts/demo.sh: everything a fresh Debian machine with Python 3.11 needs.
-# - redis-server from Debian's packages when missing (tests and the demo start private servers from it)
+# - Debian packages when missing: redis-server, redis-sentinel, bubblewrap, chromium, chromium-driver
 # - one virtualenv under ~/.cache, keyed by a hash of setup.cfg, created when missing (torch stack, ~6 GB)
 # - this checkout installed into it (editable, no dependency resolution: seconds)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "installing redis-server (Debian package)" >&2
+# Debian packages, each installed only when its command is missing:
+#   redis-server, redis-sentinel: tests and the demo start private servers (standalone, cluster, sentinel)
+#   bubblewrap: tests run the systemd units' sandbox settings without systemd (tests/unit_sandbox.py)
+#   chromium, chromium-driver: the operator screen's browser tests
+MISSING=""
+for pair in redis-server:redis-server redis-sentinel:redis-sentinel bwrap:bubblewrap chromium:chromium \
+            chromedriver:chromium-driver; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || MISSING="$MISSING ${pair#*:}"
+done
+if [ -n "$MISSING" ]; then
+  echo "installing Debian packages:$MISSING" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  # the package starts a system service on 6379; our tests never use it
+  # shellcheck disable=SC2086
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null
+  # redis-server's package starts a system service on 6379; our tests never use it
 fi
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
