@@ -22,11 +22,12 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+import numpy as np
 import torch
 
 from inspector.backends import EngineOutput
@@ -44,6 +45,7 @@ from inspector.serving import ActiveEngine, check_compatible, load_engine
 from inspector.staging import Slot, StagingRing
 from inspector.stats import Stats
 from inspector.streams import DeviceStreams
+from inspector.taps import Tap
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class FrameRecord:
     message: FrameMessage | None = None
     error: str | None = None  # set: rejected (event status `rejected`, and a dead letter)
     defects: list[Defect] = field(default_factory=list)
+    scores: np.ndarray | None = None  # (classes, 2): presence and max pixel probability, when a tap asks (taps.py)
 
     def outcome(self, model: str, done_ts: float, max_payload_bytes: int) -> Outcome:
         if self.error is None and self.message is not None:
@@ -96,8 +99,9 @@ class _GiveUp(Exception):
 class Pipeline:
     def __init__(self, source: FrameSource, sink: EventSink, engine: ActiveEngine, config: Config,
                  stats: Stats | None = None, health: Health | None = None, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, taps: Sequence[Tap] = ()) -> None:
         self.source, self.sink, self.engine, self.cfg = source, sink, engine, config
+        self.taps = list(taps)  # consumer thread only (finished), closed by close()
         self.stats = stats or Stats()
         self.health = health or Health(config.metrics.live_timeout_s)
         self.notifier = notifier or Notifier({})
@@ -198,6 +202,10 @@ class Pipeline:
             s.lend(out.presence, s.post)
             t0 = time.perf_counter()
             defects = analyse(out.probs, out.presence, batch.engine.params)
+            if any(t.wants_scores for t in self.taps):
+                scores = _scores(out.probs, out.presence)
+                for rec, row in zip(batch.staged, scores, strict=True):
+                    rec.scores = row
             if batch.timing is not None:  # analyse waited for the post stream, hence for the engine
                 self.stats.inferred(len(batch.staged), start.elapsed_time(done) / 1000.0)
         self.stats.time("postprocess", time.perf_counter() - t0)
@@ -215,6 +223,19 @@ class Pipeline:
         result = self._publish(outcomes)
         self.stats.time("publish", time.perf_counter() - t0)
         self._account(batch, outcomes, result, now)
+        if self.taps:
+            self._tap([r for r, ok in zip(batch.records, result.done, strict=True) if ok], batch.engine)
+
+    def _tap(self, records: list[FrameRecord], engine: ActiveEngine) -> None:
+        """Hand the published records to each tap; a tap's failure is counted and logged, never the batch's."""
+        for tap in self.taps:
+            try:
+                tap.finished(records, engine)
+            except Exception as exc:
+                self.stats.add(tap_errors=1)
+                if self._due(f"tap-{type(tap).__name__}"):
+                    log.warning("%s: %s failed (%s: %s); events are unaffected (at most once a second, all counted "
+                                "in tap_errors)", self.name, type(tap).__name__, type(exc).__name__, exc)
 
     def _account(self, batch: Batch, outcomes: list[Outcome], result: Published, now: float) -> None:
         done = result.done
@@ -550,6 +571,9 @@ class Pipeline:
                 self._next.backend.close()
                 self._next = None
         self.decoder.close()
+        for tap in self.taps:
+            with contextlib.suppress(Exception):
+                tap.close()
         self.source.close()
         self.notifier.close()
 
@@ -576,6 +600,14 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
             created.close()
         raise
     return Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier)  # type: ignore[arg-type]
+
+
+def _scores(probs: torch.Tensor, presence: torch.Tensor | None) -> np.ndarray:
+    """Per frame and class: presence (the max pixel probability without a presence head) and max pixel probability;
+    one reduction on the engine's device and one small copy per batch."""
+    peak = probs.float().amax(dim=(2, 3))
+    head = peak if presence is None else presence.float().reshape(peak.shape)
+    return torch.stack([head, peak], dim=-1).cpu().numpy()
 
 
 __all__ = ["Batch", "FrameRecord", "Pipeline", "from_config"]

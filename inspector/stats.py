@@ -17,7 +17,8 @@ from inspector.metrics import Metrics
 
 STAGES = ("read", "decode", "stage", "infer", "postprocess", "publish")
 COUNTERS = ("frames", "ok", "rejected", "dead_lettered", "defects", "batches", "fenced_out", "seq_gaps",
-            "seq_resets", "reconnects", "implausible_ts", "engine_swaps", "engine_swaps_refused", "event_bytes")
+            "seq_resets", "reconnects", "implausible_ts", "engine_swaps", "engine_swaps_refused", "event_bytes",
+            "tap_errors")
 
 
 class Stats:

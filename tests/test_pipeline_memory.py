@@ -102,3 +102,40 @@ def test_postprocess_from_manifest_unless_config_overrides(tiny_engine) -> None:
     assert over.engine.params.min_class_area == (1, 2, 3, 4)
     assert over.engine.params.min_component_area == (10, 10, 10, 10)
     assert PostprocessParams.resolve(None, None) == PostprocessParams()  # no manifest values: the defaults
+
+
+class _Recorder:
+    """A tap that keeps what it was given; with `fail`, raises instead (the pipeline must not care)."""
+
+    wants_scores = True
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.seen, self.closed = fail, [], False
+
+    def finished(self, records, engine) -> None:
+        if self.fail:
+            raise RuntimeError("disk on fire")
+        self.seen += [(r.entry.id, r.error, None if r.scores is None else r.scores.copy()) for r in records]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_taps_see_every_published_frame_and_cannot_break_events(pipe_and_streams) -> None:
+    pipe, streams = pipe_and_streams
+    good, bad = _Recorder(), _Recorder(fail=True)
+    pipe.taps = [bad, good]
+    feed(add_all(streams), messages(synthetic_payloads(0, 3, "png"), "cam-t"), 9)
+    streams.add(corrupt("truncated"))
+    stats = pipe.run(burst=True, handle_signals=False)
+    events = [unpack_event(e) for e in streams.events]
+    assert len(events) == 10 and stats.counters["tap_errors"] == stats.counters["batches"] > 0
+    assert sorted(i for i, _, _ in good.seen) == sorted(e["entry_id"] for e in events)
+    rejected = [s for _, err, s in good.seen if err is not None]
+    assert len(rejected) == 1 and rejected[0] is None  # never staged: no scores
+    for _, err, scores in good.seen:
+        if err is None:
+            assert scores.shape == (4, 2) and np.all((scores >= 0) & (scores <= 1))
+            assert np.all(scores[:, 1] >= 0)
+    pipe.close()
+    assert good.closed and bad.closed
