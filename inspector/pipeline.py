@@ -235,7 +235,8 @@ class Pipeline:
                 self.stats.add(tap_errors=1)
                 if self._due(f"tap-{type(tap).__name__}"):
                     log.warning("%s: %s failed (%s: %s); events are unaffected (at most once a second, all counted "
-                                "in tap_errors)", self.name, type(tap).__name__, type(exc).__name__, exc)
+                                "in tap_errors)", self.name, type(tap).__name__, type(exc).__name__,
+                                str(exc) or "no message")
 
     def _account(self, batch: Batch, outcomes: list[Outcome], result: Published, now: float) -> None:
         done = result.done

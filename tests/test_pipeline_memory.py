@@ -136,6 +136,5 @@ def test_taps_see_every_published_frame_and_cannot_break_events(pipe_and_streams
     for _, err, scores in good.seen:
         if err is None:
             assert scores.shape == (4, 2) and np.all((scores >= 0) & (scores <= 1))
-            assert np.all(scores[:, 1] >= 0)
     pipe.close()
     assert good.closed and bad.closed
