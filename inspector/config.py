@@ -170,6 +170,7 @@ class EngineConfig:
                                                   fix="use batch sizes >= 1")  # torch on CUDA: graphs at start
     watch: bool = True  # load a new engine when `path` points somewhere new (and on SIGHUP), without a stop
     watch_every_s: float = setting(2.0, gt=0)
+    require_gate: bool = True  # a swap refuses an engine whose quality gate failed or was skipped (build-engine --gate)
 
     def check(self) -> None:
         from inspector.backends import BACKENDS, DEVICES

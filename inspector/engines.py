@@ -99,3 +99,15 @@ def load(path: str | Path, verify: bool = True) -> EngineFolder:
         raise EngineError(f"{engine.file} does not match the sha256 in its manifest (corrupt or half-copied): "
                           "rebuild with `trainer build-engine`")
     return engine
+
+
+def gate_refusal(manifest: dict[str, Any]) -> str | None:
+    """Why a worker with engine.require_gate refuses this engine (None: its quality gate passed). The gate
+    record is written by `trainer build-engine --gate` (trainer/gate.py)."""
+    gate = manifest.get("gate")
+    if not isinstance(gate, dict) or gate.get("skipped") or "passed" not in gate:
+        return ("it was built without a quality gate: rebuild it with `trainer build-engine --checkpoint CKPT "
+                "--gate GATE_DIR`, or set engine.require_gate: false to accept ungated engines")
+    if not gate["passed"]:
+        return f"its quality gate failed: {'; '.join(gate.get('broken', [])) or 'no reason recorded'}"
+    return None

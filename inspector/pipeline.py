@@ -30,6 +30,7 @@ from types import FrameType
 import numpy as np
 import torch
 
+from inspector import engines
 from inspector.backends import EngineOutput
 from inspector.batching import Batcher, split_isolated
 from inspector.config import Config
@@ -41,7 +42,7 @@ from inspector.metrics import Metrics
 from inspector.notify import Notifier
 from inspector.postprocess import analyse, prepare
 from inspector.protocol import Defect, Event, FrameMessage, identity, parse_frame, placement
-from inspector.serving import ActiveEngine, check_compatible, load_engine
+from inspector.serving import ActiveEngine, check_compatible, check_gate, load_engine
 from inspector.staging import Slot, StagingRing
 from inspector.stats import Stats
 from inspector.streams import DeviceStreams
@@ -330,6 +331,7 @@ class Pipeline:
             candidate = load_engine(self.cfg, folder)
             try:
                 check_compatible(candidate, self.engine, self.cfg)
+                check_gate(candidate, self.cfg)
             except EngineError:
                 candidate.backend.close()
                 raise
@@ -587,6 +589,9 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
     created = None
     try:
         check_compatible(engine, None, config)
+        if config.engine.require_gate and (why := engines.gate_refusal(engine.backend.manifest.raw)) is not None:
+            log.warning("engine %s serves from the start although %s; a swap to such an engine would be refused "
+                        "(engine.require_gate)", engine.model_id, why)
         if engine.backend.input_shape != (config.camera.height, config.camera.width):
             log.warning("engine expects %dx%d frames, camera config says %dx%d: frames of the camera size will be "
                         "rejected", *engine.backend.input_shape, config.camera.height, config.camera.width)

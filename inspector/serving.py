@@ -79,3 +79,12 @@ def check_compatible(engine: ActiveEngine, current: ActiveEngine | None, config:
                               f"stages {cur.input_shape} frames on {cur.device}")
         if len(engine.params.thresholds) != len(current.params.thresholds):
             raise EngineError("has another number of classes than the engine in service")
+
+
+def check_gate(engine: ActiveEngine, config: Config) -> None:
+    """With engine.require_gate, a swap takes only an engine whose quality gate passed (its manifest says so):
+    a retrain worse than all-empty or than the engine in service never reaches the line by a swap."""
+    if config.engine.require_gate:
+        refusal = engines.gate_refusal(engine.backend.manifest.raw)
+        if refusal is not None:
+            raise EngineError(f"engine.require_gate is on and {refusal}")

@@ -155,7 +155,8 @@ def test_engine_swap_under_load_and_a_corrupt_engine_refused(redis_url, two_engi
     root, first, second = two_engines
     client = redis.Redis.from_url(redis_url)
     metrics = Metrics()
-    cfg = make_cfg(redis_url, root / "current", engine__watch_every_s=0.2)
+    # ungated tiny engines: this test is about the swap itself (the gate's refusal: tests/test_gate.py)
+    cfg = make_cfg(redis_url, root / "current", engine__watch_every_s=0.2, engine__require_gate=False)
     pipe = from_config(cfg, metrics=metrics)
     runner = threading.Thread(target=pipe.run, kwargs={"handle_signals": False}, daemon=True)
     total = 240

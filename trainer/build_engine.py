@@ -2,6 +2,7 @@
 
     export ONNX (FP32; FP16 too for TensorRT) -> build (TensorRT plan, or the ONNX for ONNX Runtime)
         -> parity gate (engine masks vs FP32 PyTorch masks, Dice >= 0.99 per class, or refuse)
+        -> quality gate with --gate DIR (trainer/gate.py: beats all-empty, not worse than engines/current, or refuse)
         -> manifest.json -> fsync -> rename into engines/<id> -> switch engines/current (rename of a symlink)
 
 A running worker resolved `engines/current` at start and keeps its folder; it never sees half an engine.
@@ -26,8 +27,9 @@ from inspector import backends, engines
 from inspector.errors import EngineError
 from inspector.model import CLASS_NAMES, InspectionNet, load_checkpoint
 from inspector.postprocess import PostprocessParams
-from trainer import tensorrt_build
+from trainer import gate, tensorrt_build
 from trainer.export import INPUT, OUTPUTS, check_parity, export_onnx
+from trainer.gate import GateRules
 
 log = logging.getLogger(__name__)
 MIN_DICE = 0.99
@@ -87,8 +89,10 @@ def parity(model: InspectionNet, folder: Path, frames: torch.Tensor, thresholds:
 
 def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path = "engines", fmt: str = "auto",
           onnx_path: str | Path | None = None, max_batch: int = 32, opt_batch: int = 8, install: bool = True,
-          keep_checkpoint: bool = True) -> Path:
-    """Build, check and (by default) install an engine; returns its folder. EngineError when parity fails."""
+          keep_checkpoint: bool = True, gate_dir: str | Path | None = None,
+          gate_rules: GateRules | None = None) -> Path:
+    """Build, check and (by default) install an engine; returns its folder. EngineError when parity fails or,
+    with `gate_dir`, when the quality gate refuses it (nothing installed either way)."""
     checkpoint = Path(checkpoint)
     model, ckpt = load_checkpoint(str(checkpoint))
     if fmt == "auto":
@@ -142,6 +146,16 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
             raise EngineError(f"parity gate refused the engine: Dice per class vs FP32 PyTorch "
                               f"{[round(d, 4) for d in check.dice]} (need >= {MIN_DICE} each, on {check.frames} "
                               f"frames; max |prob diff| {check.max_abs_diff:.3g}). Nothing was installed.")
+        if gate_dir is None:
+            manifest["gate"] = {"skipped": True}
+        else:
+            (staging / engines.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            manifest["gate"] = gate.run(staging, root, gate_dir, gate_rules or GateRules())
+            log.info("%s", gate.line(manifest["gate"]))
+            if not manifest["gate"]["passed"]:
+                raise EngineError(f"quality gate refused the engine: {'; '.join(manifest['gate']['broken'])} "
+                                  f"[{gate.line(manifest['gate'])}]. Nothing was installed; engines/current is "
+                                  "unchanged.")
         (staging / engines.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _fsync_tree(staging)
         final = root / engine_id

@@ -14,6 +14,7 @@ import click
 
 from inspector.engines import FORMATS
 from inspector.errors import InspectorError
+from trainer.gate import GateRules as GateRulesDefaults
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -195,23 +196,57 @@ def export(checkpoint: str, out: str, fp16: bool, max_batch: int) -> None:
 @click.option("--opt-batch", type=int, default=8,
               help="TensorRT profile optimum: the worker's batching.batch_size (default 8).")
 @click.option("--no-install", is_flag=True, help="Build and check, but leave engines/current alone.")
+@click.option("--gate", "gate_dir", type=click.Path(file_okay=False), default=None,
+              help="Quality gate: a labelled folder never trained on; the engine is installed only if it beats "
+                   "all-empty and the engine in service there (default: the `gate` key of --config).")
+@click.option("--no-gate", is_flag=True, help="Skip the quality gate (a worker with engine.require_gate refuses "
+                                              "the engine).")
+@click.option("--gate-margin", type=float, default=GateRulesDefaults.margin, show_default=True,
+              help="Mean Dice the candidate must beat all-empty by.")
+@click.option("--gate-tolerance", type=float, default=GateRulesDefaults.tolerance, show_default=True,
+              help="Mean Dice the candidate may lose against the engine in service.")
+@click.option("--gate-class-tolerance", type=float, default=GateRulesDefaults.class_tolerance, show_default=True,
+              help="Per class: Dice the candidate may lose against all-empty and the engine in service.")
+@click.option("--config", "config_path", default="config/trainer.yaml", show_default=True,
+              help="Trainer config whose `gate` key gives the default gate folder (missing file: no default).")
 @handled
 def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: str, data: str | None,
-                 parity_frames: int, max_batch: int, opt_batch: int, no_install: bool) -> None:
-    """Build the engine the worker loads, check parity, install it atomically as engines/current."""
+                 parity_frames: int, max_batch: int, opt_batch: int, no_install: bool, gate_dir: str | None,
+                 no_gate: bool, gate_margin: float, gate_tolerance: float, gate_class_tolerance: float,
+                 config_path: str) -> None:
+    """Build the engine the worker loads, check parity and quality, install it atomically as engines/current."""
     import numpy as np
     import torch
 
-    from inspector import synth
+    from inspector import engines, synth
+    from inspector.config import read_yaml
     from trainer.build_engine import build
     from trainer.data import load_dataset, read_image
+    from trainer.gate import GateRules
+    from trainer.gate import line as gate_line
 
     if data:
         images = [read_image(s.path) for s in load_dataset(data)[:parity_frames]]
     else:
         images = [synth.frame(12345, i).image for i in range(parity_frames)]
     frames = torch.from_numpy(np.stack(images))[:, None]
-    folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, opt_batch, install=not no_install)
+    if gate_dir is None and not no_gate and Path(config_path).is_file():
+        gate_dir = read_yaml(config_path, "config/trainer.yaml").get("gate")
+    if gate_dir is None and not no_gate:
+        click.echo("no quality gate (no --gate, no `gate` in the trainer config): a worker with "
+                   "engine.require_gate (the default) will refuse this engine; pass --gate DIR", err=True)
+    rules = GateRules(gate_margin, gate_tolerance, gate_class_tolerance)
+    folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, opt_batch, install=not no_install,
+                   gate_dir=None if no_gate else gate_dir, gate_rules=rules)
+    manifest = engines.load(folder).manifest.raw
+    par = manifest["parity"]
+    click.echo(f"parity vs FP32 PyTorch on {par['frames']} frames: Dice per class "
+               f"{'/'.join(f'{d:.4f}' for d in par['dice_per_class'])} (need >= {par['min_dice']}), "
+               f"max |prob diff| {par['max_abs_prob_diff']:.2e}")
+    if not manifest["gate"].get("skipped"):
+        click.echo(("passed " if manifest["gate"]["passed"] else "FAILED ") + gate_line(manifest["gate"]))
+        if "warning" in manifest["gate"]:
+            click.echo(f"warning: {manifest['gate']['warning']}", err=True)
     click.echo(f"{'built' if no_install else 'installed'} {folder}")
 
 

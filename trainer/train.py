@@ -55,6 +55,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     presence_weight: float = 0.5
     balance: bool = True  # sample frames by their rarest class, so rare classes are seen as often as common ones
+    gate: str | None = None  # not for training: `trainer build-engine`'s default quality-gate folder (--gate)
 
     @classmethod
     def from_sources(cls, yaml_path: str | None, **overrides: Any) -> TrainConfig:
