@@ -171,6 +171,11 @@ class EngineConfig:
     watch: bool = True  # load a new engine when `path` points somewhere new (and on SIGHUP), without a stop
     watch_every_s: float = setting(2.0, gt=0)
     require_gate: bool = True  # a swap refuses an engine whose quality gate failed or was skipped (build-engine --gate)
+    shadow: str | None = None  # a candidate engine folder run beside the live one on sampled frames (shadow.py)
+    shadow_every: int = setting(10, ge=1)  # the shadow sees 1 in N published ok frames...
+    shadow_budget: float = setting(0.1, gt=0, le=1)  # ...while it has spent at most this share of live engine time
+    shadow_summary_s: float = setting(60.0, gt=0)  # a summary line (and the report rewritten) this often
+    shadow_report: str | None = None  # JSON of the comparison so far, rewritten atomically (trainer shadow-report)
 
     def check(self) -> None:
         from inspector.backends import BACKENDS, DEVICES

@@ -605,7 +605,16 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
         if created is not None:
             created.close()
         raise
-    return Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier)  # type: ignore[arg-type]
+    pipe = Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier)  # type: ignore[arg-type]
+    if config.engine.shadow:
+        from inspector.shadow import ShadowTap
+
+        try:
+            pipe.taps.append(ShadowTap(config, lambda: pipe.stats.stage_s["infer"], metrics))
+        except BaseException:
+            pipe.close()
+            raise
+    return pipe
 
 
 def _scores(probs: torch.Tensor, presence: torch.Tensor | None) -> np.ndarray:
