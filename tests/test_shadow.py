@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import wait_for
 
 from inspector import config, engines
@@ -18,6 +19,7 @@ from inspector.pipeline import from_config
 from inspector.protocol import Defect, unpack_event
 from inspector.rle import encode
 from inspector.shadow import Agreement, compare
+from trainer.cli import main as trainer
 
 SHAPE = (16, 20)
 
@@ -87,6 +89,8 @@ def test_shadow_metrics_move_on_a_running_worker_and_live_events_stay_live(tiny_
     assert all(d is not None and 0 <= d <= 1 for d in dice)
     assert metrics.registry.get_sample_value("inspector_shadow_seconds_total") > 0
     assert f"shadow {shadow_id} vs live {pipe.engine.model_id} on" in caplog.text
+    printed = CliRunner().invoke(trainer, ["shadow-report", str(report)])
+    assert printed.exit_code == 0 and f"{r['frames_compared']} frames compared" in printed.output
 
 
 def test_a_missing_shadow_engine_names_the_key(tiny_engine, tmp_path) -> None:

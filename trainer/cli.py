@@ -181,6 +181,29 @@ def export(checkpoint: str, out: str, fp16: bool, max_batch: int) -> None:
     click.echo(path)
 
 
+@main.command("shadow-report")
+@click.argument("report", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report's JSON as it is.")
+@handled
+def shadow_report(report: str, as_json: bool) -> None:
+    """How a shadow engine's masks differ from the live engine's (the worker's engine.shadow_report file)."""
+    r = json.loads(Path(report).read_text())
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    hours = r["since_s"] / 3600
+    click.echo(f"shadow {r['shadow']} vs live {r['live']}: {r['frames_compared']} frames compared in {hours:.1f} h "
+               f"(1 in {r['every']} frames, budget {r['budget']:.0%} of live engine time; skipped for the budget "
+               f"{r['counts']['skipped_budget']}, queue full {r['counts']['skipped_queue']}, failed "
+               f"{r['counts']['failed']})")
+    click.echo("class  pixel Dice  frame Dice  found by shadow only  by live only  components extra  missing")
+    for k, c in r["per_class"].items():
+        fd = "   -  " if c["frame_dice"] is None else f"{c['frame_dice']:.4f}"
+        click.echo(f"  {k}      {c['pixel_dice']:.4f}      {fd}    {c['presence_extra']:>10}        "
+                   f"{c['presence_missing']:>8}        {c['extra_components']:>8}  {c['missing_components']:>7}")
+    click.echo("(no labels involved: where the two disagree, look at those frames before installing the shadow)")
+
+
 @main.command("build-engine")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None,
