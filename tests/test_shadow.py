@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +23,15 @@ from inspector.shadow import Agreement, compare
 from trainer.cli import main as trainer
 
 SHAPE = (16, 20)
+
+
+def poll(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
 
 
 def defect(class_id: int, mask: np.ndarray) -> Defect:
@@ -68,21 +78,26 @@ def test_shadow_metrics_move_on_a_running_worker_and_live_events_stay_live(tiny_
             feed(lambda b: [streams.add(f) for f in b], messages(synthetic_payloads(0, 8), "cam-s"), 16)
             while pipe.step():
                 pass
-            wait_for(lambda: compared() >= 2, what="the shadow's first comparisons")
+            wait_for(lambda: compared() >= 2, timeout=300, what="the shadow's first comparisons (nice 19: slow on a busy machine)")
             first = compared()
-            feed(lambda b: [streams.add(f) for f in b], messages(synthetic_payloads(1, 8), "cam-s", 16), 16)
-            while pipe.step():
-                pass
-            wait_for(lambda: compared() > first, what="the shadow's metrics to move")
+            sent = 16
+            for _ in range(30):  # more live frames buy the shadow more budget: it moves within a few rounds
+                feed(lambda b: [streams.add(f) for f in b], messages(synthetic_payloads(1, 8), "cam-s", sent), 8)
+                sent += 8
+                while pipe.step():
+                    pass
+                if poll(lambda: compared() > first, 20.0):
+                    break
+            assert compared() > first, "the shadow's metrics never moved"
             wait_for(lambda: report.exists() and json.loads(report.read_text())["frames_compared"] > first,
                      what="the report")
     finally:
         pipe.close()
     got = [unpack_event(e) for e in streams.events]
-    assert len(got) == 32 and {e["model"] for e in got} == {pipe.engine.model_id} != {shadow_id}
+    assert len(got) == sent and {e["model"] for e in got} == {pipe.engine.model_id} != {shadow_id}
     r = json.loads(report.read_text())
     assert r["shadow"] == shadow_id and r["live"] == pipe.engine.model_id
-    assert r["counts"]["sampled"] <= 16 and r["frames_compared"] == r["counts"]["compared"] > 0
+    assert r["counts"]["sampled"] <= sent // 2 and r["frames_compared"] == r["counts"]["compared"] > 0
     for k in "1234":
         assert 0.0 <= r["per_class"][k]["pixel_dice"] <= 1.0
     dice = [metrics.registry.get_sample_value("inspector_shadow_pixel_dice", {"class_id": str(k)}) for k in range(1, 5)]
