@@ -78,7 +78,8 @@ def test_shadow_metrics_move_on_a_running_worker_and_live_events_stay_live(tiny_
             feed(lambda b: [streams.add(f) for f in b], messages(synthetic_payloads(0, 8), "cam-s"), 16)
             while pipe.step():
                 pass
-            wait_for(lambda: compared() >= 2, timeout=300, what="the shadow's first comparisons (nice 19: slow on a busy machine)")
+            wait_for(lambda: compared() >= 2, timeout=300,
+                     what="the shadow's first comparisons (nice 19: slow on a busy machine)")
             first = compared()
             sent = 16
             for _ in range(30):  # more live frames buy the shadow more budget: it moves within a few rounds
