@@ -33,8 +33,13 @@ def taps(config: Config, metrics: Metrics | None = None, redis: bool = False) ->
     if not cfg.enabled:
         return []
     from inspector.capture.tap import CaptureTap
+    from inspector.errors import ConfigError
 
-    return [CaptureTap(cfg, metrics, on_demand=OnDemand(config) if redis else None)]
+    try:
+        return [CaptureTap(cfg, metrics, on_demand=OnDemand(config) if redis else None)]
+    except OSError as exc:
+        raise ConfigError(f"config key 'capture.folder' is '{cfg.folder}', which cannot be written "
+                          f"({exc.strerror or exc}): name a writable folder, or set capture.enabled false") from None
 
 
 class OnDemand:
