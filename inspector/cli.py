@@ -208,13 +208,21 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
 @click.option("--fps", type=float, default=None, help="Synthetic camera rate (default: camera.fps).")
 @click.option("--seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--bad-every", type=int, default=0, help="Make every Nth frame malformed, to see rejections.")
+@click.option("--capture", "capture_dir", type=click.Path(file_okay=False), default=None,
+              help="Capture on (every policy, evidence crops) into this folder; 'temp': a temporary one.")
 def demo(config_path: str | None, redis_url: str | None, fps: float | None, seconds: float | None,
-         bad_every: int, **engine: Any) -> None:
+         bad_every: int, capture_dir: str | None, **engine: Any) -> None:
     """The whole loop: private Redis, synthetic camera, the worker, a live summary."""
+    import tempfile
+
     from inspector import demo as demoing
 
     cfg = _load(config_path, redis_url, **engine)
     logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
+    if capture_dir == "temp":
+        capture_dir = tempfile.mkdtemp(prefix="inspector-capture-")
+    if capture_dir is not None:
+        cfg = demoing.with_capture(cfg, capture_dir)
     demoing.run(cfg, fps or cfg.camera.fps, seconds, bad_every)
 
 
