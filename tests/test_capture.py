@@ -291,3 +291,28 @@ def test_review_then_train(tiny_engine, tmp_path) -> None:
                                       str(tiny)])
     assert trained.exit_code == 0, trained.output
     assert (tmp_path / "run" / "best.pt").exists() or (tmp_path / "run" / "last.pt").exists()
+
+
+def test_from_config_wires_the_tap_and_its_metrics(tiny_engine, tmp_path) -> None:
+    from inspector.metrics import Metrics
+    from inspector.pipeline import from_config
+
+    cfg = config.load(engine__path=str(tiny_engine), batching__batch_size=4, redis__block_ms=50,
+                      capture__enabled=True, capture__folder=str(tmp_path / "cap"), capture__sample_every=1,
+                      capture__evidence=True)
+    metrics, streams = Metrics(), MemoryStreams()
+    pipe = from_config(cfg, streams, metrics=metrics)
+    try:
+        assert [type(t).__name__ for t in pipe.taps] == ["CaptureTap"]
+        for m in frames(6):
+            streams.add({FRAME_FIELD: m.pack()})
+        pipe.run(burst=True, handle_signals=False)
+    finally:
+        pipe.close()
+    assert metrics.registry.get_sample_value("inspector_captures_total", {"result": "written"}) == 6
+    assert metrics.registry.get_sample_value("inspector_evidence_total", {"result": "written"}) > 0
+    assert all("evidence" in d for e in streams.events for d in unpack_event(e)["defects"])
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(ConfigError, match=r"capture\.folder"):
+        from_config(config.replace(cfg, capture={"folder": str(blocked / "cap")}), MemoryStreams())
