@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import wait_for
 
 from inspector import config
 from inspector.capture.names import day_of, image_name, safe_name
@@ -186,7 +187,8 @@ def test_stalled_disk_drops_captures_never_frames(tiny_engine, tmp_path) -> None
     assert counts["chosen:random"] == 20 and counts["captures:queue_full"] >= 20 - 3
     assert stats.counters["tap_errors"] == 0
     disk.gate.set()  # the disk recovers: what was queued is written, the rest stays dropped
-    tap.thread.join(timeout=60)
+    wait_for(lambda: sum(tap.snapshot().get(f"captures:{r}", 0) for r in ("written", "queue_full")) == 20,
+             what="the queued captures written")
     counts = tap.snapshot()
     assert counts["captures:written"] + counts["captures:queue_full"] == 20
     assert len(meta_lines(tmp_path / "b" / day_of(DAY))) == counts["captures:written"]
