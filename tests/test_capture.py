@@ -318,3 +318,22 @@ def test_from_config_wires_the_tap_and_its_metrics(tiny_engine, tmp_path) -> Non
     blocked.write_text("a file where the folder should be")
     with pytest.raises(ConfigError, match=r"capture\.folder"):
         from_config(config.replace(cfg, capture={"folder": str(blocked / "cap")}), MemoryStreams())
+
+
+def test_demo_with_capture_prints_per_policy_counts_and_leaves_keys_alone(redis_url, tiny_engine, tmp_path) -> None:
+    import redis
+
+    from inspector import demo
+
+    client = redis.Redis.from_url(redis_url)
+    client.sadd("inspect:{main}:capture", "camera:plant-cam")  # the plant's own on-demand set
+    before = {k: client.dump(k) for k in client.keys("*")}
+    cfg = demo.with_capture(config.load(None, redis_url, engine__path=str(tiny_engine), batching__batch_size=4),
+                            str(tmp_path / "cap"))
+    lines: list[str] = []
+    demo.run(cfg, fps=4, seconds=4, out=lines.append, every_s=1.0)
+    counts = next(line for line in lines if line.startswith("capture in"))
+    kept = int(counts.split("on_demand ")[1].split(" kept")[0])
+    assert kept > 0 and kept == sum(m["policy"] == "on_demand" and m["camera"] == "top-2"
+                                    for day in (tmp_path / "cap").glob("20*") for m in meta_lines(day))
+    assert {k: client.dump(k) for k in client.keys("*")} == before

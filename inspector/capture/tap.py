@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 CSV_HEADER = b"ImageId,ClassId,EncodedPixels\n"
 RESULTS = ("written", "queue_full", "over_cap", "error")
-CLOSE_WAIT_S = 5.0  # close() waits this long for the queue to drain, then leaves the (daemon) writer behind
+CLOSE_WAIT_S = 20.0  # close() waits this long for the queue to drain, then leaves the (daemon) writer behind
 
 
 @dataclass(frozen=True)
