@@ -250,6 +250,7 @@ def test_sigkill_mid_write_leaves_no_partial_file(tmp_path) -> None:
     assert not (root / ".partial").exists() or not any((root / ".partial").iterdir())
 
 
+@pytest.mark.redis
 def test_on_demand_set_in_redis(redis_url) -> None:
     import redis
 
@@ -320,6 +321,7 @@ def test_from_config_wires_the_tap_and_its_metrics(tiny_engine, tmp_path) -> Non
         from_config(config.replace(cfg, capture={"folder": str(blocked / "cap")}), MemoryStreams())
 
 
+@pytest.mark.redis
 def test_demo_with_capture_prints_per_policy_counts_and_leaves_keys_alone(redis_url, tiny_engine, tmp_path) -> None:
     import redis
 
