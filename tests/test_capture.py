@@ -284,6 +284,19 @@ def test_review_then_train(tiny_engine, tmp_path) -> None:
     assert len(list((tmp_path / "rev" / "overlays").iterdir())) == 8
     predicted = read_csv(day / "predicted.csv")
     assert read_csv(day / "train.csv") == {k: v for k, v in predicted.items() if k[0] != "cam-a-1.png"}
+    (tmp_path / "accept.txt").write_text("cam-a-2.png\ncam-a-3\n")  # an ImageId or its stem
+    (tmp_path / "fixed.csv").write_text("ImageId,ClassId,EncodedPixels\ncam-a-2.png,1,\ncam-a-3,2,1 5\n")
+    again = runner.invoke(trainer, ["review", "--data", str(day), "--out", str(tmp_path / "rev2"), "--no-overlays",
+                                    "--accept", str(tmp_path / "accept.txt"), "--corrections",
+                                    str(tmp_path / "fixed.csv")])
+    assert again.exit_code == 0, again.output
+    assert read_csv(day / "train.csv") == {("cam-a-3.png", 2): "1 5"}  # cam-a-2 made defect-free
+    (tmp_path / "bad.txt").write_text("../../etc/passwd\n")
+    refused = runner.invoke(trainer, ["review", "--data", str(day), "--out", str(tmp_path / "rev3"), "--drop",
+                                      str(tmp_path / "bad.txt")])
+    assert refused.exit_code != 0 and "not an image of this capture folder" in refused.output
+    runner.invoke(trainer, ["review", "--data", str(day), "--out", str(tmp_path / "rev"), "--no-overlays", "--drop",
+                            str(tmp_path / "drop.txt")])
     from trainer.data import load_dataset
 
     assert sorted(s.image_id for s in load_dataset(day)) == sorted(f"cam-a-{i}.png" for i in range(8) if i != 1)
