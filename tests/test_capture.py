@@ -246,8 +246,10 @@ def test_sigkill_mid_write_leaves_no_partial_file(tmp_path) -> None:
     expected = bytes(range(256)) * (8 * 2**20 // 256)
     files = list(images.iterdir())
     assert len(files) >= 3 and all(p.read_bytes() == expected for p in files)
+    left = root / f".partial-{proc.pid}"
+    assert left.is_dir()  # the killed writer's temporary files, never under images/
     Store(root, 10**12)  # the next writer sweeps what the kill left half-written
-    assert not (root / ".partial").exists() or not any((root / ".partial").iterdir())
+    assert not left.exists()
 
 
 @pytest.mark.redis

@@ -3,10 +3,11 @@
 Only the capture writer thread touches a `Store` (and the `Disk` under it). `Disk` is the seam a test puts a
 twin behind (a disk that blocks until the test lets it go).
 
-Atomic: every file is written to `<root>/.partial/` (same file system), flushed and fsynced, then moved into
-place with `os.replace`, so a reader (or a SIGKILL) never meets half an image; what a kill leaves in `.partial/`
-is removed when the next writer starts. CSV and JSON lines are appended with one `write()` each, after the image
-they describe: a line names only files already complete, and a reader skips a last line without its newline.
+Atomic: every file is written to `<root>/.partial-<pid>/` (same file system), flushed and fsynced, then moved
+into place with `os.replace`, so a reader (or a SIGKILL) never meets half an image; what a killed writer left in
+its `.partial-<pid>/` is removed by the next writer that starts (workers sharing a folder keep their own). CSV
+and JSON lines are appended with one `write()` each, after the image they describe: a line names only files
+already complete, and a reader skips a last line without its newline.
 
 The cap: `Store` counts the bytes it wrote per day folder (`yyyy-mm-dd`, found on disk at start); before a write
 that would pass the cap, it deletes whole days, oldest first, never the day being written or a newer one; when
@@ -22,7 +23,20 @@ import uuid
 from pathlib import Path
 
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-PARTIAL = ".partial"
+PARTIAL = ".partial-"
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that owns a partial folder still runs (on this machine)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 class Disk:
@@ -64,9 +78,11 @@ class Store:
 
     def __init__(self, root: Path, cap_bytes: int, disk: Disk | None = None) -> None:
         self.root, self.cap, self.disk = root, cap_bytes, disk or Disk()
-        self.partial = root / PARTIAL
+        self.partial = root / f"{PARTIAL}{os.getpid()}"
         root.mkdir(parents=True, exist_ok=True)
-        self.disk.remove(self.partial)  # what a killed writer left half-written
+        for left in root.glob(f"{PARTIAL}*"):  # what killed writers left half-written
+            if left == self.partial or not _alive(left.name[len(PARTIAL):]):
+                self.disk.remove(left)
         self.days = {p.name: self.disk.usage(p) for p in root.iterdir() if p.is_dir() and DAY.fullmatch(p.name)}
         self.deleted_days = 0
 
