@@ -110,6 +110,7 @@ def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, s
         "model": pipe.engine.model_id, "metrics": stats.metrics is not None,
         "rejected": stats.counters["rejected"], "wall_s": round(wall, 3),
         "event_bytes_mean": round(stats.counters["event_bytes"] / frames) if frames else None,
+        "tap_errors": stats.counters["tap_errors"], "capture": _capture_counts(pipe),
     }
     return {**result, **environment()}
 
@@ -171,6 +172,28 @@ def _scraped(enabled: bool) -> Iterator[Metrics | None]:
 
 def _bench_config(cfg: Config) -> Config:
     return config_mod.replace(cfg, metrics={"report_every_s": 3600.0}, engine={"watch": False})
+
+
+@contextlib.contextmanager
+def capturing(cfg: Config, every: int, evidence: bool) -> Iterator[Config]:
+    """`cfg` with capture on at 1 in `every` (no cap per hour) and evidence crops, into a temporary folder
+    removed afterwards; `every` 0 and no evidence: `cfg` as it is."""
+    if not every and not evidence:
+        yield cfg
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-capture-") as folder:
+        yield config_mod.replace(cfg, capture={"enabled": True, "folder": folder, "sample_every": every,
+                                               "sample_per_hour": 10**9, "evidence": evidence})
+
+
+def _capture_counts(pipe: Pipeline) -> dict[str, Any] | None:
+    """What the capture tap did over the run (warm-up included), when one ran."""
+    for tap in pipe.taps:
+        snapshot = getattr(tap, "snapshot", None)
+        if snapshot is not None:
+            return {"sample_every": pipe.cfg.capture.sample_every, "evidence": pipe.cfg.capture.evidence,
+                    **dict(sorted(snapshot().items()))}
+    return None
 
 
 def _warm_up(pipe: Pipeline, add: Callable[[list[dict[bytes, bytes]]], None], payloads: list[Any]) -> None:

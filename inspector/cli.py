@@ -173,16 +173,20 @@ def feed(config_path: str | None, redis_url: str | None, folder: str | None, enc
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
 @click.option("--metrics", "with_metrics", is_flag=True, help="Prometheus metrics on, scraped once a second.")
 @click.option("--decode-threads", type=int, default=None, help="batching.decode_threads (0: decode in the producer).")
+@click.option("--capture-every", type=int, default=0,
+              help="Capture on at 1 in N frames (no cap per hour) into a temporary folder; 0: as configured.")
+@click.option("--evidence", is_flag=True, help="Evidence crops on (with capture, into the same temporary folder).")
 def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frames: int, rate: float, source: str,
           encoding: str, as_json: bool, out: str | None, with_metrics: bool, decode_threads: int | None,
-          **engine: Any) -> None:
+          capture_every: int, evidence: bool, **engine: Any) -> None:
     """Frames/sec end to end and engine-only, latency, per-stage times. With --redis: its own keys and group,
     removed afterwards (never the production stream)."""
     from inspector import bench as benching
 
     cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads, **engine)
     run_bench = benching.with_redis if use_redis else benching.offline
-    result = run_bench(cfg, frames, rate, source, encoding, with_metrics)
+    with benching.capturing(cfg, capture_every, evidence) as cfg:
+        result = run_bench(cfg, frames, rate, source, encoding, with_metrics)
     if out:
         benching.write(result, out)
     if as_json:
@@ -194,6 +198,8 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
                    f"{'on' if result['metrics'] else 'off'}); latency "
                    f"p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms; camera rate "
                    f"{result['camera_fps']} met: {result['meets_camera_rate']}\nper frame: {stages}")
+        if result["capture"]:
+            click.echo("capture: " + ", ".join(f"{k} {v}" for k, v in result["capture"].items()))
 
 
 @main.command()
@@ -202,13 +208,21 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
 @click.option("--fps", type=float, default=None, help="Synthetic camera rate (default: camera.fps).")
 @click.option("--seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--bad-every", type=int, default=0, help="Make every Nth frame malformed, to see rejections.")
+@click.option("--capture", "capture_dir", type=click.Path(file_okay=False), default=None,
+              help="Capture on (every policy, evidence crops) into this folder; 'temp': a temporary one.")
 def demo(config_path: str | None, redis_url: str | None, fps: float | None, seconds: float | None,
-         bad_every: int, **engine: Any) -> None:
+         bad_every: int, capture_dir: str | None, **engine: Any) -> None:
     """The whole loop: private Redis, synthetic camera, the worker, a live summary."""
+    import tempfile
+
     from inspector import demo as demoing
 
     cfg = _load(config_path, redis_url, **engine)
     logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
+    if capture_dir == "temp":
+        capture_dir = tempfile.mkdtemp(prefix="inspector-capture-")
+    if capture_dir is not None:
+        cfg = demoing.with_capture(cfg, capture_dir)
     demoing.run(cfg, fps or cfg.camera.fps, seconds, bad_every)
 
 

@@ -228,6 +228,35 @@ class MetricsConfig:
             parse_address(self.address)
 
 
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Frames kept for retraining and evidence crops of defects (inspector/capture/, README "Learning from the
+    line"). Each policy has its own cap per hour; 0 turns a policy off."""
+
+    enabled: bool = False
+    folder: str = "capture"  # <folder>/<yyyy-mm-dd>/images, predicted.csv, meta.jsonl; <folder>/evidence/<day>/...
+    max_bytes: int = setting(20_000_000_000, ge=1_000_000, fix="use at least 1000000 (1 MB)")  # oldest day goes
+    sample_every: int = setting(0, ge=0)  # random 1 in N frames (a hash of the frame id); 0: off
+    sample_per_hour: int = setting(120, ge=0)
+    uncertain_band: float = setting(0.0, ge=0, le=1)  # presence or max prob within this of its threshold; 0: off
+    uncertain_per_hour: int = setting(120, ge=0)
+    rare_classes: tuple[int, ...] = setting((), ge=1, le=4, each=True, fix="use class ids 1..4")
+    rare_per_hour: int = setting(120, ge=0)
+    on_demand_key: str | None = None  # Redis set of camera:<name> / coil:<id>; None: inspect:{<line>}:capture
+    on_demand_per_hour: int = setting(600, ge=0)
+    on_demand_poll_s: float = setting(2.0, gt=0)  # how often the writer thread reads the on-demand set
+    queue_size: int = setting(64, ge=1, le=10_000)  # captures waiting for the writer; full: dropped, counted
+    evidence: bool = False  # a JPEG crop per kept component (largest first), its path in the event
+    evidence_per_frame: int = setting(8, ge=1, le=64)  # K: crops per frame at most
+    evidence_margin_px: int = setting(16, ge=0, le=512)
+    evidence_max_bytes: int = setting(5_000_000_000, ge=1_000_000, fix="use at least 1000000 (1 MB)")
+    jpeg_quality: int = setting(90, ge=1, le=100)
+
+    def check(self) -> None:
+        if not self.folder.strip():
+            raise ConfigError("config key 'capture.folder' is empty: name a folder, e.g. /var/lib/inspector/capture")
+
+
 # -- the line layer (`inspector coils`, README "The line layer") ----------------------------------------------
 SURFACES = ("top", "bottom")
 CLASS_KEYS = ("1", "2", "3", "4")
@@ -345,6 +374,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     line: LineConfig = field(default_factory=LineConfig)
     coils: CoilsConfig = field(default_factory=CoilsConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
 
     def validate(self) -> Config:
         """Every section's field rules (`setting`), then its `check()` for rules that relate keys; then the keys
@@ -353,6 +383,8 @@ class Config:
             validate_section(getattr(self, sec.name), sec.name)
         check_keys("coils", self.redis.line, self.redis.mode == "cluster",
                    {f: getattr(self.coils, f) for f in ("events_key", "coil_ends_key", "coils_key", "state_prefix")})
+        check_keys("capture", self.redis.line, self.redis.mode == "cluster",
+                   {"on_demand_key": self.capture.on_demand_key})
         return self
 
 

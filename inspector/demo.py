@@ -71,6 +71,31 @@ class Summary:
             self.out(self.last_line)
 
 
+def with_capture(cfg: Config, folder: str) -> Config:
+    """The demo's capture: every policy on (1 in 20 at random, a band of 0.05, classes 1 and 4 rare, camera
+    top-2 on demand through the Redis set) and evidence crops, into `folder`, with a small size cap."""
+    return config_mod.replace(cfg, capture={"enabled": True, "folder": folder, "sample_every": 20,
+                                            "uncertain_band": 0.05, "rare_classes": (1, 4), "evidence": True,
+                                            "max_bytes": 200_000_000, "evidence_max_bytes": 50_000_000})
+
+
+def capture_lines(pipe: Any) -> list[str]:
+    """Per policy: frames it matched and kept; then what became of the captures and the crops."""
+    taps = [tap for tap in pipe.taps if hasattr(tap, "snapshot")]
+    if not taps:
+        return []
+    counts = taps[0].snapshot()
+    policies = ", ".join(f"{p} {counts.get('chosen:' + p, 0)} kept of {counts.get('matched:' + p, 0)} matched"
+                         for p in ("on_demand", "rare", "uncertain", "random"))
+
+    def results(kind: str) -> str:
+        return ", ".join(f"{r} {counts[f'{kind}:{r}']}" for r in ("written", "queue_full", "over_cap", "error")
+                         if counts.get(f"{kind}:{r}")) or "none"
+
+    return [f"capture in {pipe.cfg.capture.folder}: {policies}",
+            f"captures: {results('captures')}; evidence crops: {results('evidence')}"]
+
+
 def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed: int = 0,
         out: Callable[[str], None] = print, every_s: float = 2.0) -> Summary:
     server = None
@@ -79,11 +104,15 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         cfg = config_mod.replace(cfg, redis={"url": server.start()})
         out(f"started a private redis-server at {cfg.redis.url}")
     cfg = private_keys(cfg, "demo")
+    if cfg.capture.enabled:  # the on-demand set under the run's prefix too: removed with its other keys
+        cfg = config_mod.replace(cfg, capture={"on_demand_key": f"{cfg.redis.group}:{{{cfg.redis.line}}}:capture"})
     stop = threading.Event()
     client = clients.connect(cfg.redis)
     keys = cfg.redis.keys()
     pipe = line = None
     try:
+        if cfg.capture.enabled:  # camera top-2 on demand, as an operator would ask for it
+            client.sadd(cfg.capture.on_demand_key, "camera:top-2")
         pipe = from_config(cfg)
         b = pipe.engine.backend
         out(f"engine {b.model_id} ({b.name} on {b.device}: {b.why}); camera: synthetic frames at {fps:g}/s into "
@@ -118,6 +147,8 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         summary.poll()
         line.finish()
         out("final: " + summary.line() + f" | coils reported {line.coils_done}")
+        for text in capture_lines(pipe):
+            out(text)
         return summary
     finally:
         stop.set()

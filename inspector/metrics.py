@@ -54,6 +54,10 @@ class Metrics:
         self.stream_length = Gauge("inspector_frames_stream_length", "Entries in the frames stream", registry=r)
         self.redis_up = Gauge("inspector_redis_up", "1 when the last Redis probe answered", registry=r)
         self.ready = Gauge("inspector_ready", "1 when the engine is loaded and Redis is reachable", registry=r)
+        self.captures = Counter("inspector_captures", "Frames the capture policies chose, by what became of them "
+                                "(written, queue_full, over_cap, error)", ["result"], registry=r)
+        self.evidence = Counter("inspector_evidence", "Evidence crops, by what became of them (written, queue_full, "
+                                "over_cap, error)", ["result"], registry=r)
         self.info = Info("inspector_engine", "The engine in service: id, backend, device and versions", registry=r)
         # labelled children made once: a `.labels()` lookup per frame is most of what metrics cost
         self.by_status = {s: self.events.labels(status=s) for s in ("ok", "rejected")}

@@ -33,6 +33,7 @@ import torch
 from inspector import engines
 from inspector.backends import EngineOutput
 from inspector.batching import Batcher, split_isolated
+from inspector.capture.names import annotate
 from inspector.config import Config
 from inspector.decode import DecodePool
 from inspector.errors import ConfigError, DecodeError, EngineError, SourceRefused, SourceUnavailable
@@ -217,6 +218,10 @@ class Pipeline:
     def _finish(self, batch: Batch) -> None:
         """Post-process, then one event per record, published and acked together, then the counts."""
         self._postprocess(batch)
+        if self.cfg.capture.enabled and self.cfg.capture.evidence:  # crop paths travel in the event (capture/)
+            for rec in batch.staged:
+                m = rec.message
+                annotate(m.id, m.ts, rec.defects, self.cfg.capture.evidence_per_frame)  # type: ignore[union-attr]
         now = self.clock()
         max_bytes = self.cfg.camera.max_payload_bytes
         outcomes = [rec.outcome(batch.engine.model_id, now, max_bytes) for rec in batch.records]
@@ -582,9 +587,10 @@ class Pipeline:
 
 
 def from_config(config: Config, streams: object | None = None, health: Health | None = None,
-                metrics: Metrics | None = None, notifier: Notifier | None = None) -> Pipeline:
-    """Load the engine named by the config and wire a pipeline to Redis (or to `streams`, e.g. MemoryStreams).
-    With Redis, waits up to redis.startup_wait_s for it (one clear error after that)."""
+                metrics: Metrics | None = None, notifier: Notifier | None = None, taps: Sequence[Tap] = ()) -> Pipeline:
+    """Load the engine named by the config and wire a pipeline to Redis (or to `streams`, e.g. MemoryStreams),
+    with `taps` and those the config turns on (capture). With Redis, waits up to redis.startup_wait_s for it (one
+    clear error after that)."""
     engine = load_engine(config)
     created = None
     try:
@@ -600,12 +606,17 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
 
             streams = created = RedisStreams(config.redis, config.camera)
             created.wait_ready(config.redis.startup_wait_s)
+        from inspector import capture
+        from inspector.io.memory import MemoryStreams
+
+        taps = [*taps, *capture.taps(config, metrics, redis=not isinstance(streams, MemoryStreams))]
     except BaseException:
         engine.backend.close()
         if created is not None:
             created.close()
         raise
-    pipe = Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier)  # type: ignore[arg-type]
+    pipe = Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier,  # type: ignore[arg-type]
+                    taps=taps)
     if config.engine.shadow:
         from inspector.shadow import ShadowTap
 

@@ -3,7 +3,8 @@
 Frames stream entry: exactly one field `f` = msgpack map {id, camera, seq, ts, height, width, encoding, data}, and
 optionally {coil, pos_mm}: where on the strip the frame's row 0 is (the line service places defects with them).
 Events stream entry: one field `e` = msgpack map {v, frame_id, entry_id, camera, seq, ts, done_ts, model, status,
-error, coil, pos_mm, defects: [{class_id, rle, area, score, components: [[x, y, w, h, area], ...]}]}.
+error, coil, pos_mm, defects: [{class_id, rle, area, score, components: [[x, y, w, h, area], ...]}]}; with
+capture.evidence on, each defect also has `evidence`: per component, the crop's path under capture.folder or null.
 Dead-letter entry: the frame entry's original fields plus `error`, `source_id`, `consumer`, `deliveries`.
 
 Everything a camera sends is checked here before any decoding: sizes, types and ranges, so a hostile entry costs
@@ -64,10 +65,14 @@ class Defect:
     area: int
     score: float  # mean probability over the mask's pixels
     components: list[list[int]]  # [x, y, w, h, area], sorted
+    evidence: list[str | None] | None = None  # parallel to components: crop path under capture.folder, or None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"class_id": self.class_id, "rle": self.rle, "area": self.area, "score": self.score,
+        body = {"class_id": self.class_id, "rle": self.rle, "area": self.area, "score": self.score,
                 "components": self.components}
+        if self.evidence is not None:
+            body["evidence"] = self.evidence
+        return body
 
 
 @dataclass

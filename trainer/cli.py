@@ -1,4 +1,4 @@
-"""Command line: `trainer synth | train | evaluate | tune | export | build-engine`. No logic here."""
+"""Command line: `trainer synth | train | evaluate | review | tune | export | build-engine`. No logic here."""
 
 from __future__ import annotations
 
@@ -123,6 +123,26 @@ def evaluate(checkpoint: str, data: tuple[str, ...], split: str, run: str | None
     summary = evaluate_model(model, _samples(data, split, run), params, overlays=Path(overlays) if overlays else None,
                              weights=_val_weights(run, split) if run else None)
     click.echo(json.dumps(summary) if as_json else table(summary))
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A capture day folder: capture/<yyyy-mm-dd> (images/, predicted.csv, meta.jsonl).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Overlays and ids.txt go here.")
+@click.option("--accept", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Ids to keep, one per line (default: every captured frame).")
+@click.option("--drop", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Ids to leave out, one per line.")
+@click.option("--corrections", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Rows in train.csv's form replacing the predicted rows of the images they name.")
+@click.option("--no-overlays", is_flag=True, help="Write train.csv only (the overlays were looked at already).")
+@handled
+def review(data: str, out: str, accept: str | None, drop: str | None, corrections: str | None,
+           no_overlays: bool) -> None:
+    """Overlays of captured frames with their pre-labels; train.csv from predicted.csv for the accepted ones."""
+    from trainer.review import review as run_review
+
+    click.echo(json.dumps(run_review(data, out, accept, drop, corrections, overlays=not no_overlays)))
 
 
 @main.command("score")

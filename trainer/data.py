@@ -2,6 +2,9 @@
 
 modern: ImageId,ClassId,EncodedPixels  (defect rows only; images without rows are defect-free)
 old:    ImageId_ClassId,EncodedPixels  (one row per image and class, empty EncodedPixels for no defect)
+
+A capture day folder (inspector/capture/) holds predicted.csv, not train.csv, until `trainer review` writes
+train.csv and reviewed.txt; from then on only the reviewed images count (later captures wait for a review).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from inspector.rle import decode
 
 NUM_CLASSES = 4
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_RLE_CHARS = 1 << 23  # a model's RLE of a speckled frame (predicted.csv) runs far past csv's 128 KB default
 
 
 class DataError(ValueError):
@@ -41,6 +45,7 @@ class Sample:
 def read_labels(csv_path: Path) -> dict[str, dict[int, str]]:
     """image id -> {class id: rle}, from either CSV form; DataError names the row."""
     labels: dict[str, dict[int, str]] = defaultdict(dict)
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_RLE_CHARS))
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames or []
@@ -75,9 +80,16 @@ def load_dataset(folder: str | Path, csv_name: str = "train.csv", images: str = 
         raise DataError(f"{root} has no '{images}/' or 'train_images/' folder of frames")
     csv_path = root / csv_name
     if not csv_path.exists():
+        if (root / "predicted.csv").exists():
+            raise DataError(f"{root} is a capture folder not reviewed yet: run `trainer review --data {root} --out "
+                            f"DIR` first (it writes {csv_name} from predicted.csv for the frames you accept)")
         raise DataError(f"{root} has no {csv_name} (Kaggle labels; `trainer synth` writes one)")
     labels = read_labels(csv_path)
     files = {p.name: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    reviewed = root / "reviewed.txt"  # a capture folder: only what `trainer review` accepted (trainer/review.py)
+    if reviewed.exists():
+        keep = read_holdout(reviewed)
+        files = {name: p for name, p in files.items() if name in keep}
     missing = sorted(set(labels) - set(files))
     if missing:
         raise DataError(f"{csv_path} labels {len(missing)} image(s) missing from {image_dir}, e.g. {missing[0]}")

@@ -56,7 +56,8 @@ def evaluate_model(model: InspectionNet, samples: list[Sample], params: Postproc
     return summary
 
 
-def write_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> None:
+def write_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                  titles: tuple[str, str] = ("truth", "predicted")) -> None:
     """Top: truth outlines; bottom: prediction filled + outlined; one colour per class."""
     path.parent.mkdir(parents=True, exist_ok=True)
     top = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -69,8 +70,8 @@ def write_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.nda
         bottom[fill] = (0.55 * bottom[fill] + 0.45 * np.array(colour)).astype(np.uint8)
         contours, _ = cv2.findContours(pred[k].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(bottom, contours, -1, colour, 1)
-    cv2.putText(top, "truth", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
-    cv2.putText(bottom, "predicted", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+    cv2.putText(top, titles[0], (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+    cv2.putText(bottom, titles[1], (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
     cv2.imwrite(str(path), np.vstack([top, np.full((6, image.shape[1], 3), 255, np.uint8), bottom]))
 
 
