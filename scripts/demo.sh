@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up (first run: a few minutes), then the whole loop: a private Redis, a synthetic camera,
 # the shipped demo engine, the worker, and a live summary. Extra arguments go to `inspector demo`.
+set -euo pipefail
 source "$(dirname "$0")/env.sh"
+cd "$(dirname "$0")/.."
 exec inspector demo "$@"
