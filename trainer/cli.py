@@ -1,4 +1,4 @@
-"""Command line: `trainer synth | train | evaluate | tune | export | build-engine`. No logic here."""
+"""Command line: `trainer synth | check | train | evaluate | tune | export | build-engine | engines`. No logic here."""
 
 from __future__ import annotations
 
@@ -73,6 +73,26 @@ def synth(out: str, images: int, seed: int, start: int) -> None:
 
 @main.command()
 @_DATA
+@handled
+def check(data: tuple[str, ...]) -> None:
+    """Check datasets before training: every bad row, missing or wrong-sized image and duplicate, at once."""
+    from trainer.data import scan_datasets
+
+    samples, problems = scan_datasets(data)
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {', '.join(data)}: fix them and run "
+                                   "`trainer check` again (training refuses the same data)")
+    for domain, folder in enumerate(data):
+        mine = [s for s in samples if s.domain == domain]
+        per_class = [sum(1 for s in mine if k in s.rles) for k in range(1, 5)]
+        click.echo(f"{folder}: {len(mine)} frames, {sum(1 for s in mine if s.rles)} with defects (frames per class "
+                   f"1-4: {' / '.join(map(str, per_class))}): no problem found")
+
+
+@main.command()
+@_DATA
 @click.option("--shares", type=float, multiple=True, help="Share of each batch per --data folder (repeat).")
 @click.option("--holdout", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File of image ids (one per line) that training and validation never see.")
@@ -98,7 +118,8 @@ def train(data: tuple[str, ...], shares: tuple[float, ...], out: str, config_pat
 
     cfg = TrainConfig.from_sources(config_path, data=list(data), shares=list(shares) or None, out=out, **overrides)
     state = run_train(cfg, resume)
-    click.echo(f"best validation mean Dice {state['best']:.4f}; checkpoint {Path(out) / 'best.pt'}")
+    best = f"best validation mean Dice {state['best']:.4f}" if state["best"] >= 0 else "no validation frames"
+    click.echo(f"{best}; checkpoint {Path(out) / 'best.pt'}")
 
 
 @main.command()
