@@ -212,5 +212,44 @@ def demo(config_path: str | None, redis_url: str | None, fps: float | None, seco
     demoing.run(cfg, fps or cfg.camera.fps, seconds, bad_every)
 
 
+@click.group(invoke_without_command=True)
+@click.option("--engines", "engines_dir", default="engines", show_default=True, type=click.Path(file_okay=False),
+              help="The engines folder (engine.path's parent).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_context
+def engines(ctx: click.Context, engines_dir: str, as_json: bool) -> None:
+    """Installed engines (id, built, format, parity, validation, gate; * = current); `engines use ID` switches."""
+    from inspector import engines as engine_folders
+
+    ctx.obj = engines_dir
+    if ctx.invoked_subcommand is None:
+        try:
+            rows = engine_folders.installed(engines_dir)
+        except InspectorError as exc:
+            raise Failed(exc) from None
+        click.echo(json.dumps(rows) if as_json else engine_folders.table(rows))
+
+
+@engines.command("use")
+@click.argument("engine_id")
+@click.pass_obj
+def engines_use(engines_dir: str, engine_id: str) -> None:
+    """Point engines/current at ENGINE_ID (checked first); a running worker switches to it within
+    engine.watch_every_s, between two batches. `engines use` of the former id goes back."""
+    from inspector import engines as engine_folders
+
+    try:
+        before = engine_folders.current_id(engines_dir)
+        engine = engine_folders.use(engines_dir, engine_id)
+    except InspectorError as exc:
+        raise Failed(exc) from None
+    click.echo(f"engines/current -> {engine.manifest.engine_id} ({engine.manifest.format}, "
+               f"{engine.manifest.precision}); was {before}. A running worker with engine.watch on follows within "
+               "engine.watch_every_s; back: `engines use " + str(before) + "`")
+
+
+main.add_command(engines)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -236,5 +236,14 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
     click.echo(f"{'built' if no_install else 'installed'} {folder}")
 
 
+def _engines_group() -> click.Group:
+    from inspector.cli import engines
+
+    return engines
+
+
+main.add_command(_engines_group())
+
+
 if __name__ == "__main__":
     sys.exit(main())
