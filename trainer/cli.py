@@ -40,7 +40,30 @@ def _samples(data: tuple[str, ...], split: str, run: str | None) -> list[Any]:
     if run is None:
         raise click.UsageError("--split train/val needs --run (the run folder holding split.json)")
     ids = set(json.loads((Path(run) / "split.json").read_text())[split])
-    return [s for s in samples if s.image_id in ids]
+    chosen = [s for s in samples if s.image_id in ids]
+    if not chosen:
+        raise click.UsageError(f"none of the {split} frames of {run} (split.json) is in {', '.join(data)}: give "
+                               "the --data folders that run trained on, or --split all")
+    return chosen
+
+
+def _split_of(checkpoint: str, split: str, run: str | None) -> tuple[str, str | None]:
+    """auto: the validation split of the checkpoint's run (--run, or the folder holding the checkpoint when it
+    has split.json), else every frame; said on stderr either way, loudly when it scores frames it trained on."""
+    if split != "auto":
+        return split, run
+    run = run or (str(Path(checkpoint).parent) if (Path(checkpoint).parent / "split.json").exists() else None)
+    return ("val", run) if run else ("all", None)
+
+
+def _say_split(split: str, run: str | None, n: int, data: tuple[str, ...]) -> None:
+    if split == "val":
+        click.echo(f"scoring the validation split of {run} ({n} frames it did not train on)", err=True)
+    elif split == "train":
+        click.echo(f"scoring the TRAINING split of {run} ({n} frames it trained on: optimistic)", err=True)
+    else:
+        click.echo(f"WARNING: scoring ALL {n} frames of {', '.join(data)}: no run folder (--run, or split.json beside "
+                   "the checkpoint), so frames it trained on may be among them and inflate the score", err=True)
 
 
 def _val_weights(run: str, split: str) -> dict[str, float] | None:
@@ -125,7 +148,8 @@ def train(data: tuple[str, ...], shares: tuple[float, ...], out: str, config_pat
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
 @_DATA
-@click.option("--split", type=click.Choice(["all", "val", "train"]), default="all")
+@click.option("--split", type=click.Choice(["auto", "all", "val", "train"]), default="auto", show_default=True,
+              help="auto: the run's validation split (--run, or split.json beside the checkpoint), else all frames.")
 @click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--overlays", type=click.Path(file_okay=False), default=None, help="Write PNG overlays here.")
 @click.option("--json", "as_json", is_flag=True)
@@ -140,7 +164,10 @@ def evaluate(checkpoint: str, data: tuple[str, ...], split: str, run: str | None
 
     model, ckpt = load_checkpoint(checkpoint)
     params = PostprocessParams.resolve(None, ckpt.get("postprocess")) if ckpt.get("postprocess") else None
-    summary = evaluate_model(model, _samples(data, split, run), params, overlays=Path(overlays) if overlays else None,
+    split, run = _split_of(checkpoint, split, run)
+    samples = _samples(data, split, run)
+    _say_split(split, run, len(samples), data)
+    summary = evaluate_model(model, samples, params, overlays=Path(overlays) if overlays else None,
                              weights=_val_weights(run, split) if run else None)
     click.echo(json.dumps(summary) if as_json else table(summary))
 
@@ -163,21 +190,33 @@ def score(submission: str, truth: str, images: str | None) -> None:
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
 @_DATA
-@click.option("--split", type=click.Choice(["all", "val"]), default="val")
-@click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--split", type=click.Choice(["all", "val"]), default="val", show_default=True)
+@click.option("--run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The run folder (split.json); default: the folder holding the checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
 @handled
-def tune(checkpoint: str, data: tuple[str, ...], split: str, run: str | None) -> None:
+def tune(checkpoint: str, data: tuple[str, ...], split: str, run: str | None, as_json: bool) -> None:
     """Choose per-class post-processing on validation frames; stores it in the checkpoint."""
     from inspector.model import load_checkpoint
     from trainer.train import save_checkpoint
+    from trainer.tune import table, too_few
     from trainer.tune import tune as run_tune
 
     model, ckpt = load_checkpoint(checkpoint)
     run = run or str(Path(checkpoint).parent)
-    params, result = run_tune(model, _samples(data, split, run), weights=_val_weights(run, split))
+    samples = _samples(data, split, run)
+    _say_split(split, run, len(samples), data)
+    warning = too_few(samples)
+    if warning:
+        click.echo(warning, err=True)
+    params, result = run_tune(model, samples, weights=_val_weights(run, split))
     extra = {k: v for k, v in ckpt.items() if k not in ("spec", "model")}
     save_checkpoint(Path(checkpoint), model, **{**extra, "postprocess": params.as_dict(), "tune": result})
-    click.echo(json.dumps({"postprocess": params.as_dict(), **result}))
+    if as_json:
+        click.echo(json.dumps({"postprocess": params.as_dict(), **result, "warning": warning}))
+    else:
+        click.echo(table(params, result))
+        click.echo(f"stored in {checkpoint} (build-engine carries it into the engine's manifest)")
 
 
 @main.command()
@@ -224,6 +263,7 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
     import torch
 
     from inspector import synth
+    from inspector.engines import current_id
     from trainer.build_engine import build
     from trainer.data import load_dataset, read_image
 
@@ -232,8 +272,26 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
     else:
         images = [synth.frame(12345, i).image for i in range(parity_frames)]
     frames = torch.from_numpy(np.stack(images))[:, None]
+    before = current_id(engines_dir) if Path(engines_dir).is_dir() else None
     folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, opt_batch, install=not no_install)
-    click.echo(f"{'built' if no_install else 'installed'} {folder}")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    p = manifest["parity"]
+    click.echo(f"parity vs FP32 PyTorch on {p['frames']} {'of ' + data if data else 'synthetic'} frames: Dice per "
+               f"class {' / '.join(f'{d:.4f}' for d in p['dice_per_class'])} (gate: each >= {p['min_dice']}), "
+               f"max |prob diff| {p['max_abs_prob_diff']:.2g}")
+    if manifest.get("gate"):
+        click.echo("gate: " + ", ".join(f"{k} {v}" for k, v in manifest["gate"].items()))
+    val = manifest.get("validation") or {}
+    if "mean_dice" in val:
+        click.echo(f"the checkpoint's validation score (its run's val split, {val.get('images')} frames): mean Dice "
+                   f"{val['mean_dice']:.4f}, all-empty {val.get('all_empty_baseline', float('nan')):.4f}")
+    click.echo(f"engine {folder.name}: {manifest['format']} {manifest['precision']}, file {folder / manifest['file']}")
+    if no_install:
+        click.echo(f"built, not installed (engines/current unchanged): `trainer engines use {folder.name}` installs it")
+    else:
+        back = f"; back: `trainer engines use {before}`" if before else ""
+        click.echo(f"installed: {Path(engines_dir) / 'current'} -> {folder.name} (was {before or 'none'}); a running "
+                   f"worker switches between two batches{back}")
 
 
 def _engines_group() -> click.Group:
