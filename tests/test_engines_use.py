@@ -16,6 +16,7 @@ from conftest import events, make_cfg, wait_for
 from inspector import engines
 from inspector.cli import main as inspector_main
 from inspector.feed import feed, messages, redis_adder, synthetic_payloads
+from inspector.metrics import Metrics
 from inspector.pipeline import from_config
 from trainer.cli import main as trainer_main
 
@@ -60,7 +61,8 @@ def test_use_of_an_unknown_id_is_one_line_naming_the_installed(shipped_root) -> 
 def test_use_moves_a_running_worker_and_back_losing_nothing(redis_url, shipped_root) -> None:
     root, first, second = shipped_root
     client = redis.Redis.from_url(redis_url)
-    pipe = from_config(make_cfg(redis_url, root / "current", engine__watch_every_s=0.2))
+    metrics = Metrics()
+    pipe = from_config(make_cfg(redis_url, root / "current", engine__watch_every_s=0.2), metrics=metrics)
     runner = threading.Thread(target=pipe.run, kwargs={"handle_signals": False}, daemon=True)
     total = 200
     camera = threading.Thread(target=feed, args=(redis_adder(client, "inspect:{main}:frames"),
@@ -90,3 +92,10 @@ def test_use_moves_a_running_worker_and_back_losing_nothing(redis_url, shipped_r
     models = [e["model"] for e in got]
     runs = [m for i, m in enumerate(models) if i == 0 or m != models[i - 1]]
     assert runs == [first, second, first]  # two switch points, in that order
+    for engine in (first, second):  # the defect rate per class and engine, as /metrics serves it
+        mine = [e for e in got if e["model"] == engine and e["status"] == "ok"]
+        sample = metrics.registry.get_sample_value
+        assert sample("inspector_engine_frames_total", {"engine": engine}) == len(mine)
+        for k in range(1, 5):
+            showing = sum(1 for e in mine if any(d["class_id"] == k for d in e["defects"]))
+            assert sample("inspector_engine_defect_frames_total", {"engine": engine, "class_id": str(k)}) == showing
