@@ -253,19 +253,13 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
     from inspector import bench as benching
 
     cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads, **engine)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # the warm-up and burst runs' start/stop lines
+        logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
     run_bench = benching.with_redis if use_redis else benching.offline
     result = run_bench(cfg, frames, rate, source, encoding, with_metrics)
     if out:
         benching.write(result, out)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        stages = ", ".join(f"{k} {v} ms" for k, v in result["stage_ms_per_frame"].items())
-        click.echo(f"{result['frames']} frames: {result['fps']} frames/s end to end, engine {result['engine_fps']} "
-                   f"frames/s ({result['backend']} on {result['device']}, batch {result['batch_size']}, metrics "
-                   f"{'on' if result['metrics'] else 'off'}); latency "
-                   f"p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms; camera rate "
-                   f"{result['camera_fps']} met: {result['meets_camera_rate']}\nper frame: {stages}")
+    click.echo(json.dumps(result) if as_json else benching.summary(result))
 
 
 @main.command()

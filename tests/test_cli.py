@@ -119,3 +119,28 @@ def test_evaluate_says_which_split_it_scores(tmp_path, tiny_checkpoint) -> None:
     as_json = runner.invoke(trainer_main, ["tune", "--checkpoint", str(run / "best.pt"), "--data",
                                            str(tmp_path / "d"), "--json"])
     assert json.loads(as_json.output.strip().splitlines()[-1])["images"] == 1
+
+
+@pytest.fixture(scope="module")
+def bench_result(tiny_engine) -> dict:
+    """One real offline bench result (its figures are overwritten below: the wording is under test)."""
+    out = CliRunner().invoke(main, ["bench", "--engine", str(tiny_engine), "--frames", "4", "--batch-size", "4",
+                                    "--json"])
+    return json.loads(out.output.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(("fps", "offered", "verdict"), [
+    (3.95, 4.0, "keeps up"),  # the shortfall a 4/s run measures from first capture to last event
+    (3.8, 4.0, "does NOT keep up"),  # 5% short: frames pile up
+    (8.0, 8.0, "keeps up"),  # exact
+])
+def test_bench_keeps_up_by_a_stated_tolerance(bench_result, fps, offered, verdict) -> None:
+    from inspector import bench
+
+    result = dict(bench_result)
+    result.update(fps=fps, offered_fps=offered, keeps_up=fps >= (1 - bench.KEEP_UP_TOLERANCE) * offered)
+    text = bench.summary(result)
+    assert f"offered {offered:g} frames/s: {verdict}" in text and "within 3%" in text
+    assert "capture to event on the in-memory stream" in text
+    queued = bench.summary({**result, "offered_fps": None})
+    assert "waiting in the queue, not the worker's latency" in queued
