@@ -69,8 +69,8 @@ def line(entry_id: str, event: dict[str, Any]) -> str:
     """One event as one line: time, camera, frame id, seq, status, engine, then each defect class."""
     done = event.get("done_ts") or 0.0
     when = time.strftime("%H:%M:%S", time.localtime(done)) + f".{int(done * 1000) % 1000:03d}" if done else "-"
-    head = (f"{when}  {event.get('camera', '?')}  {event.get('frame_id', '?')}  seq {event.get('seq', '?')}  "
-            f"{event.get('status', '?')}")
+    head = (f"{when}  {event.get('camera') or '-'}  {event.get('frame_id') or '-'}  seq {event.get('seq', '-')}  "
+            f"{event.get('status') or '-'}")
     if event.get("status") != "ok":
         return f"{head}  {event.get('error') or ''}  (entry {entry_id})"
     defects = event.get("defects") or []
