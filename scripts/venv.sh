@@ -66,6 +66,10 @@ if [ -e "$THIN" ] && [ ! -e "$THIN/.inspector-stamp" ]; then
   exit 1
 fi
 if [ "$(cat "$THIN/.inspector-stamp" 2>/dev/null)" != "$STAMP" ] || [ ! -x "$THIN/bin/inspector" ]; then
+  exec 9>"$VENV.lock"
+  flock 9  # two shells of one checkout setting up at once: one builds, the other waits (seconds)
+fi
+if [ "$(cat "$THIN/.inspector-stamp" 2>/dev/null)" != "$STAMP" ] || [ ! -x "$THIN/bin/inspector" ]; then
   echo "setting up $THIN (this checkout, editable, over $VENV)" >&2
   rm -rf "$THIN"
   "$VENV/bin/python" -m venv "$THIN"
