@@ -1,4 +1,5 @@
-"""Command line: `inspector run | coils | feed | bench | demo`. Parses options, calls library code, no logic."""
+"""Command line: `inspector run | coils | feed | events | engines | bench | demo`. Parses options, calls library code,
+no logic."""
 
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def coils(config_path: str | None, redis_url: str | None, burst: bool, metrics_a
 @main.command()
 @shared_options
 @click.option("--folder", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Images to send (cycled); the synthetic camera without it.")
+              help="Images to send (cycled), or a dataset root holding images/; the synthetic camera without it.")
 @click.option("--encoding", type=click.Choice(["original", "gray8", "jpeg", "png"]), default="original",
               help="original: the files' own bytes (synthetic frames: gray8).")
 @click.option("--fps", type=float, default=0.0, help="Offered rate; 0 = as fast as possible.")
@@ -139,26 +140,97 @@ def coils(config_path: str | None, redis_url: str | None, burst: bool, metrics_a
 @click.option("--start-seq", type=int, default=0, help="First seq number of the camera.")
 @click.option("--wait-replicas", type=int, default=None,
               help="WAIT until this many replicas hold each batch (default redis.min_replicas_acked).")
+@click.option("-q", "--quiet", is_flag=True, help="Only the summary line.")
 def feed(config_path: str | None, redis_url: str | None, folder: str | None, encoding: str, fps: float,
          count: int, camera: str, seed: int, frames_key: str | None, line: str | None, start_seq: int,
-         wait_replicas: int | None) -> None:
+         wait_replicas: int | None, quiet: bool) -> None:
     """Push frames into the frames stream (a stand-in for the cameras); rides out failovers for
-    redis.startup_wait_s, sending a batch again (a frame may arrive twice, never zero times)."""
+    redis.startup_wait_s, sending a batch again (a frame may arrive twice, never zero times). Frame ids are
+    CAMERA-FILESTEM-SEQ for files (CAMERA-SEQ synthetic), so an event leads back to its image."""
+    import time
+
     from inspector import feed as feeding
     from inspector.io import client as clients
 
     cfg = _load(config_path, redis_url, redis__line=line, redis__min_replicas_acked=wait_replicas)
-    payloads = (feeding.folder_payloads(folder, encoding) if folder
-                else feeding.synthetic_payloads(seed, 32, encoding))
+    if folder:
+        images = feeding.image_folder(folder)
+        payloads = feeding.folder_payloads(images, encoding)
+        source = f"{len(payloads)} images of {images} (cycled), frame ids {camera}-<file stem>-<seq>"
+    else:
+        payloads = feeding.synthetic_payloads(seed, 32, encoding)
+        source = f"synthetic frames (seed {seed}), frame ids {camera}-<seq>"
     client = clients.connect(cfg.redis)
     key = frames_key or cfg.redis.keys().frames
     add = feeding.redis_adder(client, key, cfg.redis.min_replicas_acked, cfg.redis.replica_wait_ms,
                               cfg.redis.startup_wait_s, clients.where(cfg.redis))
+    start = time.monotonic()
+    said = [start]
+
+    def progress(sent: int) -> None:
+        now = time.monotonic()
+        if not quiet and (now - said[0] >= 2.0 or sent == count):
+            said[0] = now
+            click.echo(f"[{now - start:5.1f}s] sent {sent}/{count} frames ({sent / max(now - start, 1e-9):.1f}/s)",
+                       err=True)
+
     try:
-        sent = feeding.feed(add, feeding.messages(payloads, camera, start_seq), count, fps)
+        sent = feeding.feed(add, feeding.messages(payloads, camera, start_seq), count, fps, progress=progress)
     finally:
         clients.close(client)
-    click.echo(f"sent {sent} frames to {key}", err=True)
+    took = time.monotonic() - start
+    click.echo(f"sent {sent} frames to {key} in {took:.1f} s ({sent / max(took, 1e-9):.1f} frames/s"
+               f"{f', offered {fps:g}/s' if fps else ''}): camera {camera}, seq {start_seq}..{start_seq + sent - 1}, "
+               f"{source}", err=True)
+
+
+@main.command()
+@shared_options
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("--camera", default=None, help="Only this camera's events.")
+@click.option("--status", type=click.Choice(["ok", "rejected"]), default=None, help="Only events of this status.")
+@click.option("--count", "-n", type=int, default=20, show_default=True, help="How many of the latest to show first.")
+@click.option("--line", default=None, help="redis.line: this line's events stream.")
+@click.option("--events-key", default=None, help="Events stream (default from config: the line's).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event (the entry id added).")
+def events(config_path: str | None, redis_url: str | None, follow: bool, camera: str | None, status: str | None,
+           count: int, line: str | None, events_key: str | None, as_json: bool) -> None:
+    """Print what the worker published: one line per event (time, camera, frame id, seq, status, each class's
+    area, parts and score, the engine). Reads only: never acks, trims or joins a group."""
+    import redis as redis_lib
+    from redis.exceptions import RedisClusterException
+
+    from inspector import eventlog
+    from inspector.io import client as clients
+    from inspector.io.redis_streams import classify
+
+    cfg = _load(config_path, redis_url, redis__line=line)
+    key = events_key or cfg.redis.keys().events
+    keep = eventlog.Filter(camera, status)
+    client = clients.connect(cfg.redis)
+    node = clients.slot_client(client, key)
+
+    def show(entry_id: str, event: dict[str, Any]) -> None:
+        click.echo(json.dumps({"entry_id": entry_id, **event}) if as_json else eventlog.line(entry_id, event))
+
+    try:
+        shown = eventlog.last(node, key, count, keep)
+        for entry_id, event in shown:
+            show(entry_id, event)
+        if not follow:
+            total = node.xlen(key)
+            click.echo(f"{len(shown)} event(s) shown of {total} in {key}" + (
+                f" (filter: {', '.join(f for f in (camera and f'camera {camera}', status) if f)})"
+                if camera or status else ""), err=True)
+            return
+        for entry_id, event in eventlog.follow(node, key, shown[-1][0] if shown else "$", keep):
+            show(entry_id, event)
+    except (redis_lib.RedisError, RedisClusterException) as exc:
+        raise Failed(classify(exc, clients.where(cfg.redis), "reading events")) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        clients.close(client)
 
 
 @main.command()
@@ -184,22 +256,16 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
     from inspector import bench as benching
 
     cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads, **engine)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # the warm-up and burst runs' start/stop lines
+        logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
     run_bench = benching.with_redis if use_redis else benching.offline
     with benching.capturing(cfg, capture_every, evidence) as cfg:
         result = run_bench(cfg, frames, rate, source, encoding, with_metrics)
     if out:
         benching.write(result, out)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        stages = ", ".join(f"{k} {v} ms" for k, v in result["stage_ms_per_frame"].items())
-        click.echo(f"{result['frames']} frames: {result['fps']} frames/s end to end, engine {result['engine_fps']} "
-                   f"frames/s ({result['backend']} on {result['device']}, batch {result['batch_size']}, metrics "
-                   f"{'on' if result['metrics'] else 'off'}); latency "
-                   f"p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms; camera rate "
-                   f"{result['camera_fps']} met: {result['meets_camera_rate']}\nper frame: {stages}")
-        if result["capture"]:
-            click.echo("capture: " + ", ".join(f"{k} {v}" for k, v in result["capture"].items()))
+    click.echo(json.dumps(result) if as_json else benching.summary(result))
+    if result.get("capture") and not as_json:
+        click.echo("capture: " + ", ".join(f"{k} {v}" for k, v in result["capture"].items()))
 
 
 @main.command()
@@ -224,6 +290,45 @@ def demo(config_path: str | None, redis_url: str | None, fps: float | None, seco
     if capture_dir is not None:
         cfg = demoing.with_capture(cfg, capture_dir)
     demoing.run(cfg, fps or cfg.camera.fps, seconds, bad_every)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--engines", "engines_dir", default="engines", show_default=True, type=click.Path(file_okay=False),
+              help="The engines folder (engine.path's parent).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_context
+def engines(ctx: click.Context, engines_dir: str, as_json: bool) -> None:
+    """Installed engines (id, built, format, parity, validation, gate; * = current); `engines use ID` switches."""
+    from inspector import engines as engine_folders
+
+    ctx.obj = engines_dir
+    if ctx.invoked_subcommand is None:
+        try:
+            rows = engine_folders.installed(engines_dir)
+        except InspectorError as exc:
+            raise Failed(exc) from None
+        click.echo(json.dumps(rows) if as_json else engine_folders.table(rows))
+
+
+@engines.command("use")
+@click.argument("engine_id")
+@click.pass_obj
+def engines_use(engines_dir: str, engine_id: str) -> None:
+    """Point engines/current at ENGINE_ID (checked first); a running worker switches to it within
+    engine.watch_every_s, between two batches. `engines use` of the former id goes back."""
+    from inspector import engines as engine_folders
+
+    try:
+        before = engine_folders.current_id(engines_dir)
+        engine = engine_folders.use(engines_dir, engine_id)
+    except InspectorError as exc:
+        raise Failed(exc) from None
+    click.echo(f"engines/current -> {engine.manifest.engine_id} ({engine.manifest.format}, "
+               f"{engine.manifest.precision}); was {before}. A running worker with engine.watch on follows within "
+               "engine.watch_every_s; back: `engines use " + str(before) + "`")
+
+
+main.add_command(engines)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
-"""Engine folders: what `trainer build-engine` installs and the worker loads.
+"""Engine folders: what `trainer build-engine` installs, `... engines use` switches to, and the worker loads.
 
     engines/<engine_id>/manifest.json   id, format, precision, I/O names and shapes, post-processing, versions
     engines/<engine_id>/<file>          model.onnx (ONNX Runtime), model.plan (TensorRT), model.pt (torch)
-    engines/current -> <engine_id>      symlink, switched atomically (rename) on install
+    engines/current -> <engine_id>      symlink, switched atomically (rename); not in git (each machine's own)
+    engines/SHIPPED                     tracked: the id of the demo engine shipped in the repo, which `current`
+                                        points at when a checkout first loads `engines/current`
 
-The worker resolves `engines/current` once at start; a new install does not disturb a running worker.
+The worker resolves `engines/current` at start and keeps that folder; when `current` points elsewhere its
+engine watcher loads, checks and switches to the new one between two batches (inspector.pipeline).
+Called from the CLI's thread and the worker's loader thread; it holds no state.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,8 @@ from typing import Any
 from inspector.errors import EngineError
 
 MANIFEST = "manifest.json"
+CURRENT = "current"
+SHIPPED = "SHIPPED"
 FORMATS = ("onnx", "tensorrt", "torch")  # engine file formats; inspector.backends.NATIVE maps each to its backend
 
 
@@ -66,6 +73,8 @@ def sha256_file(path: Path) -> str:
 def load(path: str | Path, verify: bool = True) -> EngineFolder:
     """Read and check an engine folder (resolving `current`); EngineError says what to do."""
     folder = Path(path)
+    if folder.name == CURRENT and not folder.exists() and not folder.is_symlink():
+        ensure_current(folder.parent)
     if not folder.exists():
         raise EngineError(f"engine folder {folder} does not exist: build one with `trainer build-engine "
                           "--checkpoint RUN/best.pt` (or point engine.path at an existing folder)")
@@ -111,3 +120,108 @@ def gate_refusal(manifest: dict[str, Any]) -> str | None:
     if not gate["passed"]:
         return f"its quality gate failed: {'; '.join(gate.get('broken', [])) or 'no reason recorded'}"
     return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def switch_current(root: str | Path, engine_id: str) -> None:
+    """Point root/current at engine_id with one rename (atomic on POSIX): a reader sees the old or the new."""
+    root = Path(root)
+    tmp = root / f".current-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(engine_id, tmp)
+    os.replace(tmp, root / CURRENT)
+    _fsync_dir(root)
+
+
+def shipped(root: str | Path) -> str | None:
+    """The id in root/SHIPPED (the demo engine the repository ships), or None."""
+    try:
+        return (Path(root) / SHIPPED).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def ensure_current(root: str | Path) -> None:
+    """A fresh checkout has no root/current (it is not in git): point it at the shipped engine."""
+    root = Path(root)
+    engine_id = shipped(root)
+    if engine_id and (root / engine_id / MANIFEST).exists() and not (root / CURRENT).is_symlink():
+        switch_current(root, engine_id)
+
+
+def current_id(root: str | Path) -> str | None:
+    """The folder name root/current points at (after ensure_current), or None."""
+    link = Path(root) / CURRENT
+    ensure_current(root)
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def installed(root: str | Path) -> list[dict[str, Any]]:
+    """Every engine folder under root, oldest first: id, built_at, format, precision, parity, validation, gate
+    (where the manifest has one), shipped and current marks. A folder whose manifest cannot be read is listed
+    with its error, not skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EngineError(f"{root} is not an engines folder (trainer build-engine --engines DIR makes one)")
+    current, ship = current_id(root), shipped(root)
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
+                         and not p.name.startswith(".")):
+        try:
+            data = json.loads((folder / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            rows.append({"engine_id": folder.name, "error": f"{type(exc).__name__}: {exc}",
+                         "current": folder.name == current, "shipped": folder.name == ship})
+            continue
+        rows.append({"engine_id": folder.name, "built_at": data.get("built_at", ""), "format": data.get("format"),
+                     "precision": data.get("precision"), "parity": data.get("parity") or {},
+                     "validation": data.get("validation") or {}, "gate": data.get("gate") or {},
+                     "current": folder.name == current, "shipped": folder.name == ship})
+    return sorted(rows, key=lambda r: (r.get("built_at") or "", r["engine_id"]))
+
+
+def use(root: str | Path, engine_id: str) -> EngineFolder:
+    """Switch root/current to an installed engine after checking it (manifest, file, sha256); a running
+    worker's engine watcher follows. EngineError names the installed ids when engine_id is not one."""
+    root = Path(root)
+    folder = root / engine_id
+    if engine_id in (CURRENT, SHIPPED) or "/" in engine_id or not (folder / MANIFEST).exists():
+        known = ", ".join(r["engine_id"] for r in installed(root)) or "none"
+        raise EngineError(f"no engine '{engine_id}' in {root} (installed: {known}); `trainer engines` lists them")
+    engine = load(folder)
+    switch_current(root, engine_id)
+    return engine
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """`engines` as a person reads it: one line per engine, the current one marked."""
+    lines = [f"  {'engine id':<64} {'built':<19} {'format':<10} {'parity min Dice':<16} {'val Dice':<9} gate"]
+    for r in rows:
+        mark = "*" if r["current"] else " "
+        if "error" in r:
+            lines.append(f"{mark} {r['engine_id']:<64} unreadable manifest: {r['error']}")
+            continue
+        dice = r["parity"].get("dice_per_class")
+        parity = f"{min(dice):.4f} ({r['parity'].get('frames')} fr)" if dice else "-"
+        val = r["validation"].get("mean_dice")
+        gate = _gate_cell(r["gate"])
+        lines.append(f"{mark} {r['engine_id']:<64} {r['built_at'][:19]:<19} {r['format'] + '/' + r['precision']:<10} "
+                     f"{parity:<16} {'-' if val is None else f'{val:.4f}':<9} {gate}"
+                     + ("  (shipped)" if r["shipped"] else ""))
+    lines.append("* = engines/current (the running worker follows a switch: `... engines use ID`)")
+    return "\n".join(lines)
+
+
+def _gate_cell(gate: dict[str, Any]) -> str:
+    if not gate or gate.get("skipped") or "passed" not in gate:
+        return "none"
+    cand, empty = gate["candidate"]["mean_dice"], gate["all_empty"]["mean_dice"]
+    return f"{'passed' if gate['passed'] else 'FAILED'} {cand:.4f} vs all-empty {empty:.4f} ({gate['frames']} fr)"

@@ -16,7 +16,7 @@ from redis.exceptions import RedisClusterException
 
 from inspector import synth
 from inspector.decode import encode
-from inspector.errors import SourceRefused, SourceUnavailable
+from inspector.errors import ConfigError, SourceRefused, SourceUnavailable
 from inspector.io.client import slot_client, topology_changed
 from inspector.io.redis_streams import classify
 from inspector.protocol import FRAME_FIELD, FrameMessage
@@ -25,38 +25,51 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
 
 
-def folder_payloads(folder: str | Path, encoding: str = "original") -> list[tuple[bytes, str, int, int]]:
-    """(payload, encoding, height, width) for each image in `folder`; `original` sends the files' own bytes."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no .jpg/.png images in {folder}")
+def image_folder(folder: str | Path) -> Path:
+    """The folder of frames: `folder` itself, or its images/ (train_images/) when it is a dataset root as
+    `trainer --data` takes it; ConfigError in one line when neither holds a .jpg/.png."""
+    root = Path(folder)
+    for candidate in (root, root / "images", root / "train_images"):
+        if candidate.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in candidate.iterdir()):
+            return candidate
+    raise ConfigError(f"--folder {root}: no .jpg/.png images in it nor in its images/ or train_images/: give a folder "
+                      "of frames, or a dataset root (images/ + train.csv)")
+
+
+def folder_payloads(folder: str | Path, encoding: str = "original") -> list[tuple[Any, ...]]:
+    """(payload, encoding, height, width, file stem) for each image in `folder` (or its images/, see
+    image_folder); `original` sends the files' own bytes. The stem goes into each frame id."""
+    files = sorted(p for p in image_folder(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     out = []
     for path in files:
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if image is None:
-            raise ValueError(f"{path} cannot be read as an image")
+            raise ConfigError(f"{path} cannot be read as an image: remove it from --folder")
         if encoding == "original":
-            out.append((path.read_bytes(), IMAGE_SUFFIXES[path.suffix.lower()], *image.shape))
+            out.append((path.read_bytes(), IMAGE_SUFFIXES[path.suffix.lower()], *image.shape, path.stem))
         else:
-            out.append((encode(image, encoding), encoding, *image.shape))
+            out.append((encode(image, encoding), encoding, *image.shape, path.stem))
     return out
 
 
-def synthetic_payloads(seed: int = 0, count: int = 32, encoding: str = "gray8") -> list[tuple[bytes, str, int, int]]:
+def synthetic_payloads(seed: int = 0, count: int = 32, encoding: str = "gray8") -> list[tuple[Any, ...]]:
     """A pool of synthetic frames (cycled by the feeder: generating each frame live would bound the rate)."""
     enc = "gray8" if encoding == "original" else encoding
     return [(encode(synth.frame(seed, i).image, enc), enc, synth.HEIGHT, synth.WIDTH) for i in range(count)]
 
 
-def messages(payloads: list[tuple[bytes, str, int, int]], camera: str = "cam-0", start_seq: int = 0,
+def messages(payloads: list[tuple[Any, ...]], camera: str = "cam-0", start_seq: int = 0,
              clock: Callable[[], float] = time.time) -> Iterator[FrameMessage]:
-    """Endless frames cycling over the payloads, with consecutive seq numbers and capture time = now."""
-    for seq, (data, encoding, height, width) in zip(itertools.count(start_seq), itertools.cycle(payloads)):
-        yield FrameMessage(f"{camera}-{seq}", camera, seq, clock(), height, width, encoding, data)
+    """Endless frames cycling over the payloads, with consecutive seq numbers and capture time = now; the frame id
+    is CAMERA-STEM-SEQ when a payload names its file (folder_payloads), else CAMERA-SEQ."""
+    for seq, (data, encoding, height, width, *name) in zip(itertools.count(start_seq), itertools.cycle(payloads)):
+        frame_id = f"{camera}-{name[0]}-{seq}" if name else f"{camera}-{seq}"
+        yield FrameMessage(frame_id, camera, seq, clock(), height, width, encoding, data)
 
 
 def feed(add: Callable[[list[dict[bytes, bytes]]], None], frames: Iterator[FrameMessage], count: int,
-         fps: float = 0.0, stop: Callable[[], bool] = lambda: False) -> int:
+         fps: float = 0.0, stop: Callable[[], bool] = lambda: False,
+         progress: Callable[[int], None] = lambda sent: None) -> int:
     """Send `count` frames through `add` (a batch of entries' fields) at `fps` (0 = as fast as possible).
 
     Frames due at the same moment go out together (one pipelined round trip), so the offered rate holds
@@ -75,6 +88,7 @@ def feed(add: Callable[[list[dict[bytes, bytes]]], None], frames: Iterator[Frame
             n = min(16, count - sent)
         add([{FRAME_FIELD: m.pack()} for m in itertools.islice(frames, n)])
         sent += n
+        progress(sent)
     return sent
 
 

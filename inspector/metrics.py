@@ -58,12 +58,25 @@ class Metrics:
                                 "(written, queue_full, over_cap, error)", ["result"], registry=r)
         self.evidence = Counter("inspector_evidence", "Evidence crops, by what became of them (written, queue_full, "
                                 "over_cap, error)", ["result"], registry=r)
+        self.engine_frames = Counter("inspector_engine_frames", "Frames inspected (ok events), by the engine that "
+                                     "inspected them", ["engine"], registry=r)
+        self.engine_defect_frames = Counter(
+            "inspector_engine_defect_frames", "Inspected frames with at least one defect of the class, by engine: "
+            "divided by inspector_engine_frames_total, the defect rate per class and engine", ["engine", "class_id"],
+            registry=r)
         self.info = Info("inspector_engine", "The engine in service: id, backend, device and versions", registry=r)
         # labelled children made once: a `.labels()` lookup per frame is most of what metrics cost
         self.by_status = {s: self.events.labels(status=s) for s in ("ok", "rejected")}
         self.by_result = {s: self.engine_swaps.labels(result=s) for s in ("done", "refused")}
         self.by_class = {k: self.defects.labels(class_id=str(k)) for k in range(1, 5)}
         self.by_stage: dict[str, Histogram] = {}
+
+    def inspected(self, engine: str, frames: int, with_class: dict[int, int]) -> None:
+        """One batch's ok frames and, per class, how many of them showed it, under the engine that ran them (a
+        new engine that reports a class six times as often shows on the panel, not only downstream)."""
+        self.engine_frames.labels(engine=engine).inc(frames)
+        for class_id in range(1, 5):  # every class, zeros included: a rate of 0 is a figure, not a gap
+            self.engine_defect_frames.labels(engine=engine, class_id=str(class_id)).inc(with_class.get(class_id, 0))
 
     def stage_seconds(self, stage: str) -> Histogram:
         child = self.by_stage.get(stage)

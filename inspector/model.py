@@ -98,10 +98,19 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[Insp
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True, every failure as one EngineError naming the file."""
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise EngineError(f"{path} cannot be read: {exc.strerror}") from None
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip (a pickle before torch 1.6)
+        raise EngineError(f"{path} is not a trainer checkpoint (not a file torch.save wrote): give the best.pt or "
+                          "last.pt of a run folder (`trainer train --out RUN` writes RUN/best.pt)")
+    try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line),
                       str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        detail = detail.partition("WeightsUnpickler error:")[2].strip() or detail  # not torch's "file an issue"
         if "Unsupported global" in detail:
             raise EngineError(f"{path} was refused: it holds pickled Python objects, not only tensors and plain "
                               f"values ({detail[:200]}); re-save it with `trainer train`") from None

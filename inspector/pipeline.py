@@ -15,6 +15,7 @@ acked without its event. A batch is a list of `FrameRecord`s, one per entry, rea
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -254,6 +255,9 @@ class Pipeline:
                        dead_lettered=len(rejected), batches=1, fenced_out=len(done) - len(records),
                        event_bytes=sum(len(o.event) for o, ok in zip(outcomes, done, strict=True) if ok))
         self.stats.defects([d.class_id for r in records for d in r.defects])
+        ok = [r for r in records if r.error is None]
+        self.stats.inspected(batch.engine.model_id, len(ok),
+                             collections.Counter(c for r in ok for c in {d.class_id for d in r.defects}))
         skew = self.cfg.camera.max_clock_skew_s
         implausible = 0
         for r in records:

@@ -57,6 +57,11 @@ class Stats:
                 child = self.metrics.by_class.get(class_id) or self.metrics.defects.labels(class_id=str(class_id))
                 child.inc(n)
 
+    def inspected(self, engine: str, frames: int, with_class: dict[int, int]) -> None:
+        """Per-engine defect rates (metrics only: the counters above already hold the totals)."""
+        if self.metrics is not None and frames:
+            self.metrics.inspected(engine, frames, with_class)
+
     def time(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.stage_s[stage] += seconds

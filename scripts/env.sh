@@ -1,38 +1,30 @@
-# Sourced by scripts/test.sh and scripts/demo.sh: everything a fresh Debian machine with Python 3.11 needs.
+# Sourced by scripts/test.sh, scripts/demo.sh and scripts/activate: everything a fresh Debian machine with Python
+# 3.11 needs, and safe to source into an interactive shell: the work runs in its own process (scripts/venv.sh,
+# `set -euo pipefail` there); all this file changes in the caller is PATH, and a failure returns, never exits.
 # - Debian packages when missing: redis-server, redis-sentinel, bubblewrap, chromium, chromium-driver
-# - one virtualenv under ~/.cache, keyed by a hash of setup.cfg, created when missing (torch stack, ~6 GB)
-# - this checkout installed into it (editable, no dependency resolution: seconds)
-set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+# - one shared virtualenv of the dependencies under ~/.cache, keyed by a hash of setup.cfg (torch stack, ~6 GB),
+#   built in place under a lock and marked complete last (`.complete`). A virtualenv cannot be moved: its scripts'
+#   #! lines and `activate` name its path, so the former "build as .partial, then rename" left bin/pip pointing at
+#   a .partial interpreter that no longer exists. A venv left by that scheme is repaired once (its #! lines).
+#   It holds no checkout: it is only read, by every checkout.
+# - a thin virtualenv per checkout, `.venv` in the checkout: a .pth path line makes the shared site-packages
+#   importable (after its own), and this checkout is installed into it alone (editable, no dependency
+#   resolution: seconds), so two checkouts never re-point each other's `inspector`, `trainer` or imports.
+# Settings (environment): PYTHON (the interpreter to build with), INSPECTOR_VENV (the shared venv's path),
+# INSPECTOR_VENV_SPEC (what pip installs into the shared venv, default ".[test,bench]"; the set-up tests build a
+# throwaway one with "").
 
-# Debian packages, each installed only when its command is missing:
-#   redis-server, redis-sentinel: tests and the demo start private servers (standalone, cluster, sentinel)
-#   bubblewrap: tests run the systemd units' sandbox settings without systemd (tests/unit_sandbox.py)
-#   chromium, chromium-driver: the operator screen's browser tests
-MISSING=""
-for pair in redis-server:redis-server redis-sentinel:redis-sentinel bwrap:bubblewrap chromium:chromium \
-            chromedriver:chromium-driver; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || MISSING="$MISSING ${pair#*:}"
-done
-if [ -n "$MISSING" ]; then
-  echo "installing Debian packages:$MISSING" >&2
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  # shellcheck disable=SC2086
-  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $MISSING >/dev/null
-  # redis-server's package starts a system service on 6379; our tests never use it
+_inspector_bin=$(bash "$(dirname "${BASH_SOURCE[0]}")/venv.sh")
+_inspector_rc=$?
+if [ "$_inspector_rc" = 0 ]; then
+  case ":$PATH:" in
+    *":$_inspector_bin:"*) ;;
+    *) export PATH="$_inspector_bin:$PATH" ;;
+  esac
+  unset _inspector_bin _inspector_rc
+else
+  unset _inspector_bin
+  echo "scripts/env.sh: set-up failed (exit $_inspector_rc), see above; this shell is unchanged" >&2
+  # sourced: return (the shell stays); run as a script: exit
+  eval "unset _inspector_rc; return $_inspector_rc 2>/dev/null || exit $_inspector_rc"
 fi
-
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-KEY=$(sha256sum setup.cfg | cut -c1-16)
-VENV="${INSPECTOR_VENV:-$HOME/.cache/steel-inspector/venv-$KEY}"
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "creating $VENV (torch, torchvision, segmentation-models-pytorch, onnxruntime, ...: a few minutes)" >&2
-  rm -rf "$VENV.partial"
-  "$PYTHON" -m venv "$VENV.partial"
-  "$VENV.partial/bin/python" -m pip install -q --upgrade pip
-  "$VENV.partial/bin/python" -m pip install -q -e ".[test,bench]"
-  mv "$VENV.partial" "$VENV"  # only a complete environment gets the real name
-fi
-"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
-export PATH="$VENV/bin:$PATH"

@@ -5,6 +5,8 @@ without the package), redis, slow."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,3 +164,34 @@ def wait_for(condition, timeout: float = 120.0, what: str = "condition", every: 
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(every)
+
+
+def copy_checkout(dest: Path, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of this checkout's working tree as git sees it (tracked and untracked-not-ignored files, edits
+    included, no .venv, runs or built engines): a clean clone that also holds what is not committed yet."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        src = ROOT / name
+        if name.startswith(skip) or not (src.exists() or src.is_symlink()):
+            continue  # deleted in the working tree, not yet in the index
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            target.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, target)
+    return dest
+
+
+def borrowed_site_packages(dest: Path) -> Path:
+    """A folder of links to what this interpreter's site-packages hold (the shared venv's among them), minus any
+    checkout's editable-install hook: as PYTHONPATH it lends a throwaway venv made by scripts/env.sh the
+    dependencies without installing them, and without importing another checkout's code."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for folder in (Path(p) for p in sys.path if p.endswith("site-packages")):
+        for entry in folder.iterdir():
+            link = dest / entry.name
+            if not entry.name.startswith("__editable__") and not entry.name.endswith(".pth") and not link.exists():
+                link.symlink_to(entry)
+    return dest

@@ -64,7 +64,7 @@ def test_bad_rle_row_names_line_and_problem(sample_dir, tmp_path) -> None:
     image_id = text[2].split(",")[0]
     text[2] = f"{image_id},3,5 10 8 4"  # overlapping runs on line 3
     (tmp_path / "train.csv").write_text("\n".join(text) + "\n")
-    with pytest.raises(DataError, match=r"line 3 .*overlap"):
+    with pytest.raises(DataError, match=r"train.csv:3: .*overlap"):
         load_dataset(tmp_path)
 
 
@@ -107,3 +107,53 @@ def test_synth_proportions() -> None:
     assert 0.35 < empty < 0.65  # real set: 47% defect-free
     per_class = np.array([sum(1 for f in frames if f.masks[k].any()) for k in range(4)])
     assert per_class.argmax() == 2  # class 3 dominates, as in the real set
+
+
+def test_check_reports_every_planted_problem_at_once(sample_dir, tmp_path) -> None:
+    """`trainer check`: one run names each problem with its file and line, before any training step."""
+    import cv2
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    keep = copy_sample(sample_dir, tmp_path, n=4)
+    cv2.imwrite(str(tmp_path / "images" / keep[1]), np.zeros((256, 1024), np.uint8))  # wrong size, same name
+    (tmp_path / "images" / keep[2]).unlink()  # labelled, missing
+    lines = (tmp_path / "train.csv").read_text().splitlines()
+    first = lines[1]
+    free = next(k for k in "1234" if f"{keep[3]},{k}," not in "\n".join(lines))  # a class keep[3] has no row for
+    lines += [
+        f"{keep[0]},5,1 10",  # class out of range
+        f"{keep[3]},{free},7 3 5 2",  # bad RLE: runs not increasing
+        first,  # duplicate row
+    ]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    n = len(lines)
+    missing_line = next(i for i, line in enumerate(lines, start=1) if line.startswith(keep[2]))
+    result = CliRunner().invoke(main, ["check", "--data", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    csv_path = tmp_path / "train.csv"
+    wanted = [f"{csv_path}:{n - 2}: {keep[0]}: class '5' is not 1..4",
+              f"{csv_path}:{n - 1}: {keep[3]}, class {free}: bad RLE",
+              f"{csv_path}:{n}: {first.split(',')[0]}, class {first.split(',')[1]}: duplicate row (first on line 2)",
+              f"{csv_path}:{missing_line}: {keep[2]}: labelled image missing",
+              f"{tmp_path / 'images' / keep[1]}: is 256x1024, expected 256x1600"]
+    for text in wanted:
+        assert text in result.output, f"{text!r} not in\n{result.output}"
+    assert "5 problem(s)" in result.output
+    good = CliRunner().invoke(main, ["check", "--data", str(sample_dir)])
+    assert good.exit_code == 0 and "40 frames" in good.output, good.output
+
+
+def test_train_checks_the_data_before_any_step_and_leaves_no_run_folder(sample_dir, tmp_path) -> None:
+    from trainer.train import TrainConfig, train
+
+    (tmp_path / "d").mkdir()
+    copy_sample(sample_dir, tmp_path / "d", n=3)
+    csv_path = tmp_path / "d" / "train.csv"
+    csv_path.write_text(csv_path.read_text() + "x.jpg,9,1 1\n")
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="class '9'"):
+        train(TrainConfig.from_sources(None, data=[str(tmp_path / "d")], out=str(out), max_steps=1,
+                                       encoder="tu-mobilenetv3_small_100"), progress=False)
+    assert not out.exists()

@@ -158,3 +158,10 @@ def test_lukemelas_keys_map_onto_timm_strictly() -> None:
     for name in ("tf_efficientnet_lite0", "efficientnet_lite0"):
         net = timm.create_model(name, pretrained=False)
         net.load_state_dict(lukemelas_to_timm(state, list(net.state_dict())), strict=True)
+
+
+def test_progress_says_no_validation_yet_instead_of_minus_one() -> None:
+    from trainer.train import _best
+
+    assert _best({"best": -1.0}) == "no validation yet"  # before the first validation
+    assert _best({"best": 0.81234}) == "0.8123"

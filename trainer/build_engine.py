@@ -33,6 +33,7 @@ from trainer.gate import GateRules
 
 log = logging.getLogger(__name__)
 MIN_DICE = 0.99
+switch_current = engines.switch_current  # the one place the link is written, re-exported for callers here
 
 
 @dataclass
@@ -167,16 +168,6 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
     if install:
         switch_current(root, engine_id)
     return final
-
-
-def switch_current(root: Path, engine_id: str) -> None:
-    """Point engines/current at engine_id with one rename (atomic on POSIX)."""
-    tmp = root / f".current-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(engine_id, tmp)
-    os.replace(tmp, root / "current")
-    _fsync_dir(root)
 
 
 def _manifest(engine_id: str, fmt: str, engine_file: str, precision: str, folder: Path, height: int, width: int,

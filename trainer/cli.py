@@ -1,4 +1,5 @@
-"""Command line: `trainer synth | train | evaluate | review | tune | export | build-engine`. No logic here."""
+"""Command line: `trainer synth | check | train | evaluate | review | tune | export | build-engine | engines |
+shadow-report`. No logic here."""
 
 from __future__ import annotations
 
@@ -41,7 +42,30 @@ def _samples(data: tuple[str, ...], split: str, run: str | None) -> list[Any]:
     if run is None:
         raise click.UsageError("--split train/val needs --run (the run folder holding split.json)")
     ids = set(json.loads((Path(run) / "split.json").read_text())[split])
-    return [s for s in samples if s.image_id in ids]
+    chosen = [s for s in samples if s.image_id in ids]
+    if not chosen:
+        raise click.UsageError(f"none of the {split} frames of {run} (split.json) is in {', '.join(data)}: give "
+                               "the --data folders that run trained on, or --split all")
+    return chosen
+
+
+def _split_of(checkpoint: str, split: str, run: str | None) -> tuple[str, str | None]:
+    """auto: the validation split of the checkpoint's run (--run, or the folder holding the checkpoint when it
+    has split.json), else every frame; said on stderr either way, loudly when it scores frames it trained on."""
+    if split != "auto":
+        return split, run
+    run = run or (str(Path(checkpoint).parent) if (Path(checkpoint).parent / "split.json").exists() else None)
+    return ("val", run) if run else ("all", None)
+
+
+def _say_split(split: str, run: str | None, n: int, data: tuple[str, ...]) -> None:
+    if split == "val":
+        click.echo(f"scoring the validation split of {run} ({n} frames it did not train on)", err=True)
+    elif split == "train":
+        click.echo(f"scoring the TRAINING split of {run} ({n} frames it trained on: optimistic)", err=True)
+    else:
+        click.echo(f"WARNING: scoring ALL {n} frames of {', '.join(data)}: no run folder (--run, or split.json beside "
+                   "the checkpoint), so frames it trained on may be among them and inflate the score", err=True)
 
 
 def _val_weights(run: str, split: str) -> dict[str, float] | None:
@@ -74,6 +98,26 @@ def synth(out: str, images: int, seed: int, start: int) -> None:
 
 @main.command()
 @_DATA
+@handled
+def check(data: tuple[str, ...]) -> None:
+    """Check datasets before training: every bad row, missing or wrong-sized image and duplicate, at once."""
+    from trainer.data import scan_datasets
+
+    samples, problems = scan_datasets(data)
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {', '.join(data)}: fix them and run "
+                                   "`trainer check` again (training refuses the same data)")
+    for domain, folder in enumerate(data):
+        mine = [s for s in samples if s.domain == domain]
+        per_class = [sum(1 for s in mine if k in s.rles) for k in range(1, 5)]
+        click.echo(f"{folder}: {len(mine)} frames, {sum(1 for s in mine if s.rles)} with defects (frames per class "
+                   f"1-4: {' / '.join(map(str, per_class))}): no problem found")
+
+
+@main.command()
+@_DATA
 @click.option("--shares", type=float, multiple=True, help="Share of each batch per --data folder (repeat).")
 @click.option("--holdout", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File of image ids (one per line) that training and validation never see.")
@@ -99,13 +143,15 @@ def train(data: tuple[str, ...], shares: tuple[float, ...], out: str, config_pat
 
     cfg = TrainConfig.from_sources(config_path, data=list(data), shares=list(shares) or None, out=out, **overrides)
     state = run_train(cfg, resume)
-    click.echo(f"best validation mean Dice {state['best']:.4f}; checkpoint {Path(out) / 'best.pt'}")
+    best = f"best validation mean Dice {state['best']:.4f}" if state["best"] >= 0 else "no validation frames"
+    click.echo(f"{best}; checkpoint {Path(out) / 'best.pt'}")
 
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
 @_DATA
-@click.option("--split", type=click.Choice(["all", "val", "train"]), default="all")
+@click.option("--split", type=click.Choice(["auto", "all", "val", "train"]), default="auto", show_default=True,
+              help="auto: the run's validation split (--run, or split.json beside the checkpoint), else all frames.")
 @click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--overlays", type=click.Path(file_okay=False), default=None, help="Write PNG overlays here.")
 @click.option("--json", "as_json", is_flag=True)
@@ -120,7 +166,10 @@ def evaluate(checkpoint: str, data: tuple[str, ...], split: str, run: str | None
 
     model, ckpt = load_checkpoint(checkpoint)
     params = PostprocessParams.resolve(None, ckpt.get("postprocess")) if ckpt.get("postprocess") else None
-    summary = evaluate_model(model, _samples(data, split, run), params, overlays=Path(overlays) if overlays else None,
+    split, run = _split_of(checkpoint, split, run)
+    samples = _samples(data, split, run)
+    _say_split(split, run, len(samples), data)
+    summary = evaluate_model(model, samples, params, overlays=Path(overlays) if overlays else None,
                              weights=_val_weights(run, split) if run else None)
     click.echo(json.dumps(summary) if as_json else table(summary))
 
@@ -163,21 +212,33 @@ def score(submission: str, truth: str, images: str | None) -> None:
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
 @_DATA
-@click.option("--split", type=click.Choice(["all", "val"]), default="val")
-@click.option("--run", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--split", type=click.Choice(["all", "val"]), default="val", show_default=True)
+@click.option("--run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The run folder (split.json); default: the folder holding the checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
 @handled
-def tune(checkpoint: str, data: tuple[str, ...], split: str, run: str | None) -> None:
+def tune(checkpoint: str, data: tuple[str, ...], split: str, run: str | None, as_json: bool) -> None:
     """Choose per-class post-processing on validation frames; stores it in the checkpoint."""
     from inspector.model import load_checkpoint
     from trainer.train import save_checkpoint
+    from trainer.tune import table, too_few
     from trainer.tune import tune as run_tune
 
     model, ckpt = load_checkpoint(checkpoint)
     run = run or str(Path(checkpoint).parent)
-    params, result = run_tune(model, _samples(data, split, run), weights=_val_weights(run, split))
+    samples = _samples(data, split, run)
+    _say_split(split, run, len(samples), data)
+    warning = too_few(samples)
+    if warning:
+        click.echo(warning, err=True)
+    params, result = run_tune(model, samples, weights=_val_weights(run, split))
     extra = {k: v for k, v in ckpt.items() if k not in ("spec", "model")}
     save_checkpoint(Path(checkpoint), model, **{**extra, "postprocess": params.as_dict(), "tune": result})
-    click.echo(json.dumps({"postprocess": params.as_dict(), **result}))
+    if as_json:
+        click.echo(json.dumps({"postprocess": params.as_dict(), **result, "warning": warning}))
+    else:
+        click.echo(table(params, result))
+        click.echo(f"stored in {checkpoint} (build-engine carries it into the engine's manifest)")
 
 
 @main.command()
@@ -261,8 +322,9 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
     import numpy as np
     import torch
 
-    from inspector import engines, synth
+    from inspector import synth
     from inspector.config import read_yaml
+    from inspector.engines import current_id
     from trainer.build_engine import build
     from trainer.data import load_dataset, read_image
     from trainer.gate import GateRules
@@ -279,18 +341,41 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
         click.echo("no quality gate (no --gate, no `gate` in the trainer config): a worker with "
                    "engine.require_gate (the default) will refuse this engine; pass --gate DIR", err=True)
     rules = GateRules(gate_margin, gate_tolerance, gate_class_tolerance)
+    before = current_id(engines_dir) if Path(engines_dir).is_dir() else None
     folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, opt_batch, install=not no_install,
                    gate_dir=None if no_gate else gate_dir, gate_rules=rules)
-    manifest = engines.load(folder).manifest.raw
-    par = manifest["parity"]
-    click.echo(f"parity vs FP32 PyTorch on {par['frames']} frames: Dice per class "
-               f"{'/'.join(f'{d:.4f}' for d in par['dice_per_class'])} (need >= {par['min_dice']}), "
-               f"max |prob diff| {par['max_abs_prob_diff']:.2e}")
-    if not manifest["gate"].get("skipped"):
-        click.echo(("passed " if manifest["gate"]["passed"] else "FAILED ") + gate_line(manifest["gate"]))
-        if "warning" in manifest["gate"]:
-            click.echo(f"warning: {manifest['gate']['warning']}", err=True)
-    click.echo(f"{'built' if no_install else 'installed'} {folder}")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    p = manifest["parity"]
+    click.echo(f"parity vs FP32 PyTorch on {p['frames']} {'of ' + data if data else 'synthetic'} frames: Dice per "
+               f"class {' / '.join(f'{d:.4f}' for d in p['dice_per_class'])} (gate: each >= {p['min_dice']}), "
+               f"max |prob diff| {p['max_abs_prob_diff']:.2g}")
+    gate = manifest.get("gate") or {"skipped": True}
+    if gate.get("skipped"):
+        click.echo("quality gate: skipped (--no-gate or no gate folder)")
+    else:
+        click.echo(("passed " if gate["passed"] else "FAILED ") + gate_line(gate))
+        if "warning" in gate:
+            click.echo(f"warning: {gate['warning']}", err=True)
+    val = manifest.get("validation") or {}
+    if "mean_dice" in val:
+        click.echo(f"the checkpoint's validation score (its run's val split, {val.get('images')} frames): mean Dice "
+                   f"{val['mean_dice']:.4f}, all-empty {val.get('all_empty_baseline', float('nan')):.4f}")
+    click.echo(f"engine {folder.name}: {manifest['format']} {manifest['precision']}, file {folder / manifest['file']}")
+    if no_install:
+        click.echo(f"built, not installed (engines/current unchanged): `trainer engines use {folder.name}` installs it")
+    else:
+        back = f"; back: `trainer engines use {before}`" if before else ""
+        click.echo(f"installed: {Path(engines_dir) / 'current'} -> {folder.name} (was {before or 'none'}); a running "
+                   f"worker switches between two batches{back}")
+
+
+def _engines_group() -> click.Group:
+    from inspector.cli import engines
+
+    return engines
+
+
+main.add_command(_engines_group())
 
 
 if __name__ == "__main__":

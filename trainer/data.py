@@ -42,74 +42,159 @@ class Sample:
         return tuple(sorted(self.rles))
 
 
-def read_labels(csv_path: Path) -> dict[str, dict[int, str]]:
-    """image id -> {class id: rle}, from either CSV form; DataError names the row."""
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset, where it is (a CSV line, or an image file)."""
+
+    file: Path
+    line: int | None
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.text}" if self.line else f"{self.file}: {self.text}"
+
+
+def problems_error(problems: list[Problem]) -> DataError:
+    """Every problem in one error: a person fixes them in one pass, not one run each."""
+    lines = "\n  ".join(str(p) for p in problems)
+    return DataError(f"{len(problems)} problem(s) in the dataset, nothing was trained:\n  {lines}")
+
+
+def scan_labels(csv_path: Path, shape: tuple[int, int] = (256, 1600)
+                ) -> tuple[dict[str, dict[int, str]], dict[str, int], list[Problem]]:
+    """(image id -> {class id: rle}, image id -> its first CSV line, problems) from either CSV form; every row is
+    checked (header, class 1..4, image id, RLE inside a `shape` frame, one row per image and class)."""
     labels: dict[str, dict[int, str]] = defaultdict(dict)
     csv.field_size_limit(max(csv.field_size_limit(), MAX_RLE_CHARS))
+    first_line: dict[str, int] = {}
+    seen: dict[tuple[str, int], int] = {}
+    problems: list[Problem] = []
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames or []
         modern = {"ImageId", "ClassId", "EncodedPixels"} <= set(fields)
         old = {"ImageId_ClassId", "EncodedPixels"} <= set(fields)
         if not (modern or old):
-            raise DataError(f"{csv_path}: header {fields} is neither ImageId,ClassId,EncodedPixels nor "
-                            "ImageId_ClassId,EncodedPixels")
+            return {}, {}, [Problem(csv_path, 1, f"header {fields} is neither ImageId,ClassId,EncodedPixels nor "
+                                                 "ImageId_ClassId,EncodedPixels")]
         for line, row in enumerate(reader, start=2):
+            if None in row or None in row.values():  # DictReader's marks of extra and of missing fields
+                more = "more" if None in row else "fewer"
+                problems.append(Problem(csv_path, line, f"{more} fields than the header's {len(fields)}"))
+                continue
             if modern:
-                image_id, cls = row["ImageId"], row["ClassId"]
+                image_id, cls = row["ImageId"].strip(), row["ClassId"].strip()
             else:
-                image_id, _, cls = row["ImageId_ClassId"].rpartition("_")
+                image_id, _, cls = row["ImageId_ClassId"].strip().rpartition("_")
+            if not image_id:
+                problems.append(Problem(csv_path, line, "no image id"))
+                continue
+            first_line.setdefault(image_id, line)
             if not cls.isdigit() or not 1 <= int(cls) <= NUM_CLASSES:
-                raise DataError(f"{csv_path} line {line}: class '{cls}' is not 1..{NUM_CLASSES}")
+                problems.append(Problem(csv_path, line, f"{image_id}: class '{cls}' is not 1..{NUM_CLASSES}"))
+                continue
+            if (image_id, int(cls)) in seen:
+                problems.append(Problem(csv_path, line, f"{image_id}, class {cls}: duplicate row (first on line "
+                                                        f"{seen[image_id, int(cls)]})"))
+                continue
+            seen[image_id, int(cls)] = line
             rle = (row["EncodedPixels"] or "").strip()
             if not rle:
                 continue
             try:
-                decode(rle)  # validate once here, so training never meets a bad row
+                decode(rle, shape)  # validate once here, so training never meets a bad row
             except ValueError as exc:
-                raise DataError(f"{csv_path} line {line} ({image_id}, class {cls}): bad RLE: {exc}") from None
+                problems.append(Problem(csv_path, line, f"{image_id}, class {cls}: bad RLE: {exc}"))
+                continue
             labels[image_id][int(cls)] = rle
+    return labels, first_line, problems
+
+
+def read_labels(csv_path: Path) -> dict[str, dict[int, str]]:
+    """image id -> {class id: rle}, from either CSV form; DataError lists every bad row with its line."""
+    labels, _, problems = scan_labels(csv_path)
+    if problems:
+        raise problems_error(problems)
     return labels
 
 
-def load_dataset(folder: str | Path, csv_name: str = "train.csv", images: str = "images") -> list[Sample]:
-    """Every image in folder/images (or folder/train_images), with its labels from folder/train.csv."""
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header (nothing decoded), or None when it is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def scan_dataset(folder: str | Path, csv_name: str = "train.csv", images: str = "images",
+                 shape: tuple[int, int] = (256, 1600)) -> tuple[list[Sample], list[Problem]]:
+    """The frames of one Kaggle-layout folder and every problem found in it: bad rows, labelled images that are
+    missing (with the row's line), images of another size or not images at all."""
     root = Path(folder)
     image_dir = next((root / d for d in (images, "train_images") if (root / d).is_dir()), None)
     if image_dir is None:
-        raise DataError(f"{root} has no '{images}/' or 'train_images/' folder of frames")
+        return [], [Problem(root, None, f"no '{images}/' or 'train_images/' folder of frames")]
     csv_path = root / csv_name
     if not csv_path.exists():
         if (root / "predicted.csv").exists():
             raise DataError(f"{root} is a capture folder not reviewed yet: run `trainer review --data {root} --out "
                             f"DIR` first (it writes {csv_name} from predicted.csv for the frames you accept)")
-        raise DataError(f"{root} has no {csv_name} (Kaggle labels; `trainer synth` writes one)")
-    labels = read_labels(csv_path)
+        return [], [Problem(root, None, f"no {csv_name} (Kaggle labels; `trainer synth` writes one)")]
+    labels, first_line, problems = scan_labels(csv_path, shape)
     files = {p.name: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     reviewed = root / "reviewed.txt"  # a capture folder: only what `trainer review` accepted (trainer/review.py)
     if reviewed.exists():
         keep = read_holdout(reviewed)
         files = {name: p for name, p in files.items() if name in keep}
-    missing = sorted(set(labels) - set(files))
-    if missing:
-        raise DataError(f"{csv_path} labels {len(missing)} image(s) missing from {image_dir}, e.g. {missing[0]}")
-    return [Sample(name, path, labels.get(name, {})) for name, path in sorted(files.items())]
+    for name in sorted(set(first_line) - set(files), key=first_line.__getitem__):
+        problems.append(Problem(csv_path, first_line[name], f"{name}: labelled image missing from {image_dir}"))
+    for _, path in sorted(files.items()):
+        size = image_size(path)
+        if size is None:
+            problems.append(Problem(path, None, "cannot be read as an image"))
+        elif size != shape:
+            problems.append(Problem(path, None, f"is {size[0]}x{size[1]}, expected {shape[0]}x{shape[1]}"))
+    return [Sample(name, path, labels.get(name, {})) for name, path in sorted(files.items())], problems
 
 
-def load_datasets(folders: str | Path | list[str] | tuple[str, ...]) -> list[Sample]:
-    """The frames of several Kaggle-layout folders, each tagged with its folder's index as its domain.
-    Image names must be unique across folders (they key splits, hold-out lists and weights)."""
+def scan_datasets(folders: str | Path | list[str] | tuple[str, ...]) -> tuple[list[Sample], list[Problem]]:
+    """Several folders, each tagged with its index as its domain; an image name in two folders is a problem
+    (names key the splits, hold-out lists and weights)."""
     folders = [folders] if isinstance(folders, str | Path) else list(folders)
     samples: list[Sample] = []
+    problems: list[Problem] = []
     seen: dict[str, str] = {}
     for domain, folder in enumerate(folders):
-        for s in load_dataset(folder):
+        found, wrong = scan_dataset(folder)
+        problems += wrong
+        for s in found:
             if s.image_id in seen:
-                raise DataError(f"image {s.image_id} is in both {seen[s.image_id]} and {folder}: rename one, "
-                                "image names key the splits")
+                problems.append(Problem(s.path, None, f"image {s.image_id} is also in {seen[s.image_id]}: rename "
+                                                      "one, image names key the splits"))
+                continue
             seen[s.image_id] = str(folder)
             s.domain = domain
             samples.append(s)
+    return samples, problems
+
+
+def load_dataset(folder: str | Path, csv_name: str = "train.csv", images: str = "images") -> list[Sample]:
+    """Every image in folder/images (or folder/train_images), with its labels from folder/train.csv; DataError
+    lists every problem at once."""
+    samples, problems = scan_dataset(folder, csv_name, images)
+    if problems:
+        raise problems_error(problems)
+    return samples
+
+
+def load_datasets(folders: str | Path | list[str] | tuple[str, ...]) -> list[Sample]:
+    """The frames of several Kaggle-layout folders (see scan_datasets); DataError lists every problem at once."""
+    samples, problems = scan_datasets(folders)
+    if problems:
+        raise problems_error(problems)
     return samples
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,11 @@ def domain_weights(samples: list[Sample]) -> dict[str, float]:
     return {s.image_id: 1.0 / count[s.domain] for s in samples}
 
 
+def _best(state: dict[str, Any]) -> str:
+    """The progress bar's validation figure: the best so far, or that there is none yet."""
+    return "no validation yet" if state["best"] < 0 else f"{state['best']:.4f}"
+
+
 def save_checkpoint(path: Path, model: InspectionNet, **extra: Any) -> None:
     """Write-then-rename, so an interrupted save never leaves a truncated best.pt."""
     tmp = path.with_suffix(".tmp")
@@ -141,10 +147,20 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
     seed_everything(cfg.seed)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    train_set, val_set = split_data(cfg)  # every data problem, all at once, before the run folder exists
     out = Path(cfg.out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(
-        {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}, sort_keys=False))
+    try:
+        return _train(cfg, out, train_set, val_set, device, resume, progress, stop_at_step)
+    except BaseException:
+        if created and not any((out / name).exists() for name in ("last.pt", "best.pt")):
+            shutil.rmtree(out, ignore_errors=True)  # a run that never saved leaves nothing behind
+        raise
+
+
+def split_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """The checked frames of every data folder, less the hold-out list, split per folder (stratified)."""
     samples = load_datasets(cfg.data)
     if cfg.holdout:
         held = read_holdout(cfg.holdout)
@@ -156,6 +172,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
         t, v = stratified_split([s for s in samples if s.domain == d], fraction, cfg.seed)
         train_set += t
         val_set += v
+    return train_set, val_set
+
+
+def _train(cfg: TrainConfig, out: Path, train_set: list[Sample], val_set: list[Sample], device: torch.device,
+           resume: str | None, progress: bool, stop_at_step: int | None) -> dict[str, Any]:
+    (out / "config.yaml").write_text(yaml.safe_dump(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}, sort_keys=False))
     (out / "split.json").write_text(json.dumps({"train": [s.image_id for s in train_set],
                                                 "val": [s.image_id for s in val_set]}))
     (out / "val_weights.json").write_text(json.dumps(domain_weights(val_set)))
@@ -200,7 +223,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
             state["step"] += 1
             state["history"].append(round(loss.item(), 5))
             bar.update(1)
-            bar.set_postfix(loss=f"{state['history'][-1]:.4f}", val_dice=f"{state['best']:.4f}")
+            bar.set_postfix(loss=f"{state['history'][-1]:.4f}", val_dice=_best(state))
             if state["step"] >= total_steps or state["step"] == stop_at_step:
                 break
         if state["step"] == stop_at_step and state["step"] < total_steps:

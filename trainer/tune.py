@@ -75,3 +75,32 @@ def _class_score(rows: list[tuple[np.ndarray, np.ndarray, int, float]], min_comp
         denom = area + truth_area
         total += weight * (1.0 if denom == 0 else 2.0 * inter / denom)
     return total / max(sum(weights), 1e-12)
+
+
+TRUSTED_FRAMES = 30  # fewer tuning frames than this (or fewer than TRUSTED_PER_CLASS showing a class): warn
+TRUSTED_PER_CLASS = 5
+
+
+def too_few(samples: list[Sample]) -> str | None:
+    """A warning when `samples` are too few to trust tuned values (thresholds and area minimums overfit a handful
+    of frames: 6 validation frames picked a class-area minimum of 0), else None."""
+    per_class = [sum(1 for s in samples if k in s.rles) for k in range(1, 5)]
+    thin = [f"class {k + 1}: {n}" for k, n in enumerate(per_class) if n < TRUSTED_PER_CLASS]
+    if len(samples) >= TRUSTED_FRAMES and not thin:
+        return None
+    return (f"WARNING: tuned on {len(samples)} frames (frames showing a defect of " + ", ".join(
+        f"class {k + 1}: {n}" for k, n in enumerate(per_class)) + f"); below {TRUSTED_FRAMES} frames or "
+        f"{TRUSTED_PER_CLASS} per class the chosen values follow these frames, not the line: tune on more labelled "
+        "frames (a larger val_fraction, or more --data) before trusting them")
+
+
+def table(params: PostprocessParams, result: dict[str, Any]) -> str:
+    """The chosen post-processing per class, as a person reads it."""
+    lines = ["class  threshold  min component px  min class px  presence  Dice (tuned frames)"]
+    for k in range(4):
+        lines.append(f"  {k + 1}      {params.thresholds[k]:.2f}       {params.min_component_area[k]:>6}        "
+                     f"{params.min_class_area[k]:>6}       {params.presence_threshold[k]:.2f}      "
+                     f"{result['dice_per_class'][k]:.4f}")
+    lines.append(f"mean Dice on the {result['images']} tuning frames: {result['mean_dice']:.4f} (optimistic: "
+                 "chosen on these frames; `trainer evaluate` on frames it did not see says more)")
+    return "\n".join(lines)
