@@ -85,7 +85,10 @@ def main() -> None:
         shutil.copytree(shipped, engines / shipped.name)
         (engines / "current").symlink_to(shipped.name)
         capture = work / "capture"
-        settings = {"redis": {"url": url}, "engine": {"path": str(engines / "current"), "watch_every_s": 1.0},
+        # require_gate off and --no-gate below: a 4-step retrain on pseudo-labels is the loop's mechanics, not a
+        # candidate for a line (the gate would rightly refuse it: README "The quality gate")
+        settings = {"redis": {"url": url}, "engine": {"path": str(engines / "current"), "watch_every_s": 1.0,
+                                                      "require_gate": False},
                     "capture": {"enabled": True, "folder": str(capture), "sample_every": 1,
                                 "sample_per_hour": 100_000, "evidence": True},
                     "metrics": {"report_every_s": 5.0}}
@@ -120,7 +123,7 @@ def main() -> None:
                        str(ROOT / "config" / "trainer-cpu-demo.yaml"), "--max-steps", str(args.steps)], times, log)
         step("build_engine", [*trainer, "build-engine", "--checkpoint", str(work / "run" / "best.pt"),
                               "--engines", str(engines), "--format", "onnx", "--data", str(day),
-                              "--parity-frames", "4"], times, log)
+                              "--parity-frames", "4", "--no-gate"], times, log)
         new_folder = (engines / "current").resolve()
         t0 = time.perf_counter()
         seq = [args.frames]

@@ -326,6 +326,9 @@ def engines_use(engines_dir: str, engine_id: str) -> None:
     click.echo(f"engines/current -> {engine.manifest.engine_id} ({engine.manifest.format}, "
                f"{engine.manifest.precision}); was {before}. A running worker with engine.watch on follows within "
                "engine.watch_every_s; back: `engines use " + str(before) + "`")
+    refusal = engine_folders.gate_refusal(engine.manifest.raw)
+    if refusal is not None:
+        click.echo(f"note: a worker with engine.require_gate on (the default) will refuse it: {refusal}", err=True)
 
 
 main.add_command(engines)

@@ -62,7 +62,9 @@ def test_use_moves_a_running_worker_and_back_losing_nothing(redis_url, shipped_r
     root, first, second = shipped_root
     client = redis.Redis.from_url(redis_url)
     metrics = Metrics()
-    pipe = from_config(make_cfg(redis_url, root / "current", engine__watch_every_s=0.2), metrics=metrics)
+    # ungated tiny engines and an ungated shipped one: this is the rollback's mechanics (the gate: test_gate.py)
+    pipe = from_config(make_cfg(redis_url, root / "current", engine__watch_every_s=0.2, engine__require_gate=False),
+                       metrics=metrics)
     runner = threading.Thread(target=pipe.run, kwargs={"handle_signals": False}, daemon=True)
     total = 200
     camera = threading.Thread(target=feed, args=(redis_adder(client, "inspect:{main}:frames"),
