@@ -337,9 +337,6 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
     frames = torch.from_numpy(np.stack(images))[:, None]
     if gate_dir is None and not no_gate and Path(config_path).is_file():
         gate_dir = read_yaml(config_path, "config/trainer.yaml").get("gate")
-    if gate_dir is None and not no_gate:
-        click.echo("no quality gate (no --gate, no `gate` in the trainer config): a worker with "
-                   "engine.require_gate (the default) will refuse this engine; pass --gate DIR", err=True)
     rules = GateRules(gate_margin, gate_tolerance, gate_class_tolerance)
     before = current_id(engines_dir) if Path(engines_dir).is_dir() else None
     folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, opt_batch, install=not no_install,
@@ -351,7 +348,9 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
                f"max |prob diff| {p['max_abs_prob_diff']:.2g}")
     gate = manifest.get("gate") or {"skipped": True}
     if gate.get("skipped"):
-        click.echo("quality gate: skipped (--no-gate or no gate folder)")
+        why = "--no-gate" if no_gate else "no --gate, no `gate` in the trainer config"
+        click.echo(f"quality gate: skipped ({why}): a worker with engine.require_gate on (the default) refuses to "
+                   "switch to this engine; pass --gate DIR (README \"The quality gate\")", err=True)
     else:
         click.echo(("passed " if gate["passed"] else "FAILED ") + gate_line(gate))
         if "warning" in gate:
