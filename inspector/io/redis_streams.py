@@ -119,6 +119,7 @@ class RedisStreams:
         self._registered: tuple[Any, Any] | None = None  # PUBLISH and CLAIM (consumer thread)
         self._connecting = threading.Lock()
         self._stale_map = False  # cluster: re-read the slot map before the next call on the slot's node
+        self._permitted = False  # check_permissions passed once (at start)
 
     @property
     def client(self) -> Any:
@@ -177,6 +178,7 @@ class RedisStreams:
         while True:
             try:
                 self.ensure_group()
+                self.check_permissions()
                 return
             except SourceUnavailable as exc:
                 if time.monotonic() + wait > deadline:
@@ -185,6 +187,20 @@ class RedisStreams:
                 log.warning("%s: %s; retrying in %.1f s", self.name, exc, wait)
                 time.sleep(wait)
                 wait = min(wait * 2, 2.0)
+
+    def check_permissions(self) -> None:
+        """Once, at start: SourceRefused (exit 78) naming the first command this Redis user may not run and the
+        `inspector acl` line that grants it, before a half-permitted script could write half a batch."""
+        if self._permitted:
+            return
+        from inspector.io import acl
+
+        node = clients.slot_client(self.client, self.keys.frames)
+        try:
+            acl.probe(node, self.cfg, self.name)
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise classify(exc, self.url, "checking the user's permissions") from None
+        self._permitted = True
 
     # -- reading -----------------------------------------------------------------------------------------
     def recover(self) -> None:
