@@ -24,6 +24,7 @@ from inspector.io.redis_server import PrivateRedis
 UNITS = {"inspector.service": "inspector.service", "inspector@.service": "inspector@main-0.service",
          "inspector-coils.service": "inspector-coils.service"}
 GPU_DROP_IN = ROOT / "config" / "inspector-gpu.conf"
+JIT_DROP_IN = ROOT / "config" / "inspector-jit.conf"
 VENV_BIN = Path(sys.prefix) / "bin"
 PYTHON = [sys.prefix, sys.base_prefix]  # the venv and its interpreter: bound back, read-only, under ProtectHome
 MAX_EXPOSURE = 2.5
@@ -120,8 +121,9 @@ def run_in_unit(tmp_path: Path, server: PrivateRedis, engine: Path, backend: str
                      binds={str(ROOT): "/opt/steel-inspector", str(engine.resolve()): "/opt/engine"})
     # the venv's interpreter stands in for /opt/steel-inspector/.venv/bin/inspector (no venv in the checkout),
     # the package comes from the checkout bound at the unit's WorkingDirectory; the rest is ExecStart's
+    # (a free metrics port: the unit's 9108 may be taken on a shared test machine)
     argv = [sys.executable, "-m", "inspector.cli", *exec_start[1:], "--burst", "--engine", "/opt/engine",
-            "--backend", backend, "--device", "cpu", "--threads", "1"]
+            "--backend", backend, "--device", "cpu", "--threads", "1", "--metrics-address", "127.0.0.1:0"]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/opt/steel-inspector", "HOME": "/nonexistent"}
     try:
         out = box.run(argv, env, timeout=300, load_credentials={"redis-url": credential})
@@ -133,9 +135,24 @@ def run_in_unit(tmp_path: Path, server: PrivateRedis, engine: Path, backend: str
 @pytest.mark.redis
 @pytest.mark.skipif(us.available() is not None, reason=str(us.available()))
 def test_worker_starts_under_the_unit_and_processes_frames(tmp_path, sandbox_redis, tiny_engine) -> None:
-    out, n = run_in_unit(tmp_path, sandbox_redis, tiny_engine, "onnxruntime")
+    out, n = run_in_unit(tmp_path, sandbox_redis, tiny_engine, "onnxruntime")  # ONNX Runtime: no drop-in
     assert out.returncode == 0, out.stderr[-3000:]
     assert n == 6 and "worker-pw" not in out.stderr + out.stdout
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.skipif(us.available() is not None, reason=str(us.available()))
+def test_torch_on_cpu_needs_the_jit_drop_in(tmp_path, sandbox_redis, tiny_engine) -> None:
+    """oneDNN's run-time kernels need W+X memory: refused under MemoryDenyWriteExecute=yes with the fix named
+    (exit 78, no restart loop), served with config/inspector-jit.conf."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "jit").mkdir()
+    out, n = run_in_unit(tmp_path / "plain", sandbox_redis, tiny_engine, "torch")
+    assert out.returncode == 78 and n == 0, out.stderr[-3000:]
+    assert "inspector-jit.conf" in out.stderr.strip().splitlines()[-1]
+    out, n = run_in_unit(tmp_path / "jit", sandbox_redis, tiny_engine, "torch", JIT_DROP_IN)
+    assert out.returncode == 0 and n == 6, out.stderr[-3000:]
 
 
 @pytest.mark.redis
