@@ -76,6 +76,9 @@ def test_gpu_drop_in_is_applied_and_still_scores_ok(tmp_path) -> None:
     plain = exposure(installed(tmp_path / "cpu", "inspector.service"))
     gpu = exposure(installed(tmp_path / "gpu", "inspector.service", GPU_DROP_IN))
     assert plain < gpu <= MAX_EXPOSURE  # the drop-in opens /dev/nvidia* and W+X memory: a little more exposed
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", "inspector.service"], cwd=tmp_path / "gpu",
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and (out.stdout + out.stderr).strip() == "", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("unit", UNITS)
