@@ -244,7 +244,8 @@ def demo(config_path: str | None, redis_url: str | None, fps: float | None, seco
               help="Read one password per role (in the order printed) from stdin; stored as its SHA-256.")
 def acl(config_path: str | None, roles: tuple[str, ...], line: str | None, as_aclfile: bool,
         password_stdin: bool) -> None:
-    """Least-privilege Redis users, one per role: ready-to-paste ACL SETUSER lines (README "Security")."""
+    """Least-privilege Redis users, one per role: ACL SETUSER lines for `redis-cli` (stdin or its prompt; what
+    each user is for goes to stderr), or aclfile lines (README "Security")."""
     from inspector import config
     from inspector.io import acl as acls
 
@@ -263,7 +264,7 @@ def acl(config_path: str | None, roles: tuple[str, ...], line: str | None, as_ac
         passwords = given[:len(users)]
     for user, password in zip(users, passwords, strict=True):
         click.echo(f"# {user.user}: {user.what}" + ("" if password else " (no password: add >PASSWORD, or use "
-                                                                            "--password-stdin)"))
+                                                                            "--password-stdin)"), err=True)
         click.echo(user.aclfile_line(password) if as_aclfile else user.setuser(password))
 
 
