@@ -94,12 +94,13 @@ def test_no_secret_in_environment(unit: str) -> None:
 
 @pytest.fixture(scope="module")
 def sandbox_redis(tmp_path_factory: pytest.TempPathFactory):
-    """A redis-server whose only users are an admin and worker-main as `inspector acl` prints it."""
+    """A redis-server whose only users are an admin, worker-main and coils-main as `inspector acl` prints them."""
     cfg = config.load(None)
     folder = tmp_path_factory.mktemp("units-redis")
     (folder / "users.acl").write_text(
         f"user default on #{hashlib.sha256(b'admin-pw').hexdigest()} ~* &* +@all\n"
-        + acl.role("worker", cfg).aclfile_line("worker-pw") + "\n")
+        + acl.role("worker", cfg).aclfile_line("worker-pw") + "\n"
+        + acl.role("coils", cfg).aclfile_line("coils-pw") + "\n")
     server = PrivateRedis(extra=("--aclfile", str(folder / "users.acl")))
     server.start()
     yield server
@@ -195,3 +196,35 @@ def test_the_engine_libraries_get_every_thread_in_the_sandbox() -> None:
         box.cleanup()
     assert inside.returncode == 0 and inside.stdout == outside.stdout, inside.stderr[-2000:]
     assert "cpuinfo" not in inside.stderr  # ORT: "Failed to initialize PyTorch cpuinfo library" when /proc is cut
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(us.available() is not None, reason=str(us.available()))
+def test_line_service_starts_under_its_unit_and_writes_a_report(tmp_path, sandbox_redis) -> None:
+    """config/inspector-coils.service: `inspector coils --burst` as its ExecStart runs it, as coils-main, writing
+    only below its ReadWritePaths= (a test folder stands in for /opt/steel-inspector/reports)."""
+    from test_line_redis import acceptance_coil, entries
+
+    admin = redis.Redis(port=sandbox_redis.port, password="admin-pw")
+    admin.flushall()
+    acceptance_coil(admin)
+    (ROOT / "reports").mkdir(exist_ok=True)  # the mount point, as the unit's WorkingDirectory has it (git-ignored)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    d = us.service_directives(ROOT / "config" / "inspector-coils.service")
+    (exec_start,) = d["ExecStart"]
+    credential = tmp_path / "redis-url"
+    credential.write_text(f"redis://coils-main:coils-pw@127.0.0.1:{sandbox_redis.port}/0\n")
+    box = us.Sandbox(d, "inspector-coils.service", read_only=PYTHON, binds={str(ROOT): "/opt/steel-inspector"},
+                     writable={"/opt/steel-inspector/reports": str(reports)})
+    argv = [sys.executable, "-m", "inspector.cli", *exec_start.split()[1:], "--burst", "--metrics-address",
+            "127.0.0.1:0"]
+    try:
+        out = box.run(argv, {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/opt/steel-inspector"}, timeout=300,
+                      load_credentials={"redis-url": credential})
+    finally:
+        box.cleanup()
+    assert out.returncode == 0, out.stderr[-3000:]
+    (report,) = entries(admin)
+    assert report["coil"] == "C-ACC" and (reports / "C-ACC.json").exists() and (reports / "C-ACC.png").exists()
+    assert admin.acl_log() == []

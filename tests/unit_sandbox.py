@@ -7,7 +7,8 @@ Reproduced, as systemd 252 implements each (src/shared/seccomp-util.c, src/core/
     User= / PrivateUsers=       a user namespace in which the service runs as uid/gid 65534 (nobody); outside,
                                 it is the caller (the test tree may live where only its owner can read)
     CapabilityBoundingSet=      every capability dropped (bwrap --cap-drop ALL); NoNewPrivileges: bwrap sets it
-    ProtectSystem=strict        / read-only; ReadWritePaths= bound writable; ReadOnlyPaths= stay read-only
+    ProtectSystem=strict        / read-only; ReadWritePaths= bound writable (a test folder may stand in for
+                                one); ReadOnlyPaths= stay read-only
     ProtectHome=yes             empty /home, /root, /run/user (then the venv and the checkout bound back, read-only)
     PrivateTmp=                 its own /tmp and /var/tmp
     PrivateDevices=yes          a /dev of pseudo devices (bwrap --dev); `no` (the GPU drop-in): the host's /dev
@@ -218,6 +219,7 @@ class Sandbox:
     unit_name: str
     read_only: list[str] = field(default_factory=list)  # host paths bound back read-only (venv, checkout, engine)
     binds: dict[str, str] = field(default_factory=dict)  # host path -> path inside (read-only), e.g. the checkout
+    writable: dict[str, str] = field(default_factory=dict)  # a ReadWritePaths= path -> the host folder standing in
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="unit-sandbox-")))
 
     def credentials(self) -> Path | None:
@@ -270,9 +272,11 @@ class Sandbox:
             cmd += ["--ro-bind", path, path]
         for host, inside in self.binds.items():
             cmd += ["--ro-bind", host, inside]
-        for path in d.get("ReadWritePaths", []):
-            if os.path.exists(path.lstrip("-")):
-                cmd += ["--bind", path.lstrip("-"), path.lstrip("-")]
+        for value in d.get("ReadWritePaths", []):
+            for path in (p.lstrip("-") for p in value.split()):
+                host = self.writable.get(path, path)
+                if os.path.exists(host):
+                    cmd += ["--bind", host, path]
         creds = self.credentials()
         if creds is not None:
             inside = f"/opt/.credentials/{self.unit_name}"  # systemd's is /run/credentials/<unit>: read-only here
