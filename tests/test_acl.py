@@ -147,6 +147,22 @@ def test_a_worker_user_without_xack_stops_at_start_naming_it(acl_server, admin, 
     assert "noxack-pw" not in out.stderr and admin.xlen(EVENTS) == 0
 
 
+@pytest.mark.parametrize("command", [*acl.WORKER_COMMANDS, "xadd", "del"])
+def test_every_command_the_worker_needs_is_checked_at_start(acl_server, admin, command: str) -> None:
+    """Whichever one the user lacks, the start-time check names it (XADD and DEL: their selectors removed)."""
+    from inspector.errors import SourceRefused
+
+    rules = [r for r in acl.role("worker", config.load(None)).rules if not r.endswith(f" +{command})")]
+    rules += [] if len(rules) < len(acl.role("worker", config.load(None)).rules) else [f"-{command}"]
+    admin.execute_command("ACL", "SETUSER", "worker-minus", "reset", "on", ">minus-pw", *rules)
+    cfg = config.load(None, url(acl_server, "worker-minus", "minus-pw"))
+    source = RedisStreams(config.replace(cfg, redis={"consumer": "w-minus"}).redis)
+    with pytest.raises(SourceRefused) as err:
+        source.wait_ready(5)
+    source.close()
+    assert f"may not run {command.upper()} " in str(err.value) and "inspector acl --role worker" in str(err.value)
+
+
 def test_a_password_on_the_command_line_is_warned_about_and_never_printed(acl_server, admin, tiny_engine,
                                                                            worker_env) -> None:
     out = subprocess.run(worker_cmd(as_role(acl_server, "worker"), tiny_engine, "--burst"), env=worker_env,

@@ -25,7 +25,9 @@ Pure functions but `probe`; called from the consumer thread at start (RedisStrea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,6 +188,15 @@ def _probes(cfg: RedisConfig, consumer: str) -> list[tuple[str, list[Any]]]:
     ]
 
 
+def refused_command(text: str) -> str | None:
+    """The command a NOPERM reply names (`... to run the 'xack' command` -> XACK), `a command on one of its keys`
+    for a key refusal; None when `text` is no NOPERM (an EXECABORT carries the NOPERM of the EXEC it aborted)."""
+    if "NOPERM" not in text:
+        return None
+    found = re.search(r"run the '([^']+)' command", text)
+    return found.group(1).upper() if found else "a command on one of its keys"
+
+
 def probe(client: redis.Redis, cfg: RedisConfig, consumer: str) -> None:
     """SourceRefused in one line naming the first command (and key) the worker's user may not run, and the
     `inspector acl` line that grants it; nothing if all pass. Other errors (the ones each probe provokes) pass;
@@ -198,14 +209,19 @@ def probe(client: redis.Redis, cfg: RedisConfig, consumer: str) -> None:
             try:
                 conn.send_command(*args)
                 conn.read_response()
-            except redis.exceptions.NoPermissionError as exc:
-                if command == "multi":  # nothing queued: EXEC would fail on its own
-                    probes = probes[:-2]
+            except redis.exceptions.ResponseError as exc:
+                text = str(exc).strip()
+                named = refused_command(f"NOPERM {text}" if isinstance(exc, redis.exceptions.NoPermissionError)
+                                        else text)
+                if named is None:
+                    continue  # the error the probe provokes, after the ACL check passed
+                if command == "multi":
+                    conn.send_command("DISCARD")  # nothing queued; leave the connection as it was
+                    with contextlib.suppress(redis.exceptions.ResponseError):
+                        conn.read_response()
                 raise SourceRefused(
-                    f"Redis user {user} may not run {command.upper()} ({' '.join(map(str, args[:3]))}), which "
-                    f"the worker needs ({str(exc).strip() or 'NOPERM'}): grant it with {grant_hint(cfg)} (paste "
-                    "its ACL SETUSER line as an admin)") from None
-            except redis.exceptions.ResponseError:
-                continue  # the error the probe provokes, after the ACL check passed
+                    f"Redis user {user} may not run {named} ({' '.join(map(str, args[:3]))}), which the worker "
+                    f"needs ({text or 'NOPERM'}): grant it with {grant_hint(cfg)} (paste its ACL SETUSER line as "
+                    "an admin)") from None
     finally:
         client.connection_pool.release(conn)
