@@ -1,5 +1,5 @@
-"""Command line: `inspector run | coils | feed | events | engines | bench | demo`. Parses options, calls library code,
-no logic."""
+"""Command line: `inspector run | coils | feed | events | engines | bench | demo | acl`. Parses options, calls library
+code, no logic."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from inspector.backends import BACKENDS, DEVICES
 from inspector.errors import ConfigError, EngineError, InspectorError, SourceRefused, SourceUnavailable
@@ -33,18 +34,38 @@ def shared_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                   help="YAML config (see config/inspector.yaml); built-in defaults without it.")
     @click.option("--redis-url", envvar="INSPECTOR_REDIS_URL", default=None,
-                  help="Redis URL, e.g. redis://127.0.0.1:6379/0 (env INSPECTOR_REDIS_URL).")
+                  help="Redis URL, e.g. redis://127.0.0.1:6379/0 (env INSPECTOR_REDIS_URL; a password here shows "
+                       "in the process list).")
     @click.option("-v", "--verbose", count=True, help="-v for debug logging.")
     @functools.wraps(fn)
     def wrapper(*args: Any, verbose: int = 0, **kwargs: Any) -> Any:
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _warn_password_on_command_line(kwargs.get("redis_url"))
         try:
             return fn(*args, **kwargs)
         except InspectorError as exc:
             raise Failed(exc) from None
 
     return wrapper
+
+
+def _warn_password_on_command_line(url: str | None) -> None:
+    """A password typed into --redis-url sits in the process list (`ps`, /proc/PID/cmdline) for any local user."""
+    import urllib.parse
+
+    ctx = click.get_current_context(silent=True)
+    if not url or ctx is None or ctx.get_parameter_source("redis_url") != ParameterSource.COMMANDLINE:
+        return
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return  # malformed: config.check_url says so
+    if password:
+        logging.getLogger("inspector.cli").warning(
+            "--redis-url carries a password, which every local user can read in the process list: put the URL in "
+            "INSPECTOR_REDIS_URL (an EnvironmentFile= only the service user reads) or the systemd credential "
+            "/etc/steel-inspector/redis-url (LoadCredential=, README \"Security\")")
 
 
 def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -332,6 +353,41 @@ def engines_use(engines_dir: str, engine_id: str) -> None:
 
 
 main.add_command(engines)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config: key names follow its redis / coils sections (built-in defaults without it).")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["all", "camera", "worker", "coils", "reader"]),
+              default=("all",), show_default=True, help="The role(s) to print; repeat, or all.")
+@click.option("--line", default=None, help="The line (default redis.line): users and keys are per line.")
+@click.option("--aclfile", "as_aclfile", is_flag=True, help="Print aclfile `user ...` lines instead of ACL SETUSER.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read one password per role (in the order printed) from stdin; stored as its SHA-256.")
+def acl(config_path: str | None, roles: tuple[str, ...], line: str | None, as_aclfile: bool,
+        password_stdin: bool) -> None:
+    """Least-privilege Redis users, one per role: ACL SETUSER lines for `redis-cli` (stdin or its prompt; what
+    each user is for goes to stderr), or aclfile lines (README "Security")."""
+    from inspector import config
+    from inspector.io import acl as acls
+
+    try:
+        cfg = config.load(config_path)
+        names = list(acls.ROLES) if "all" in roles else list(dict.fromkeys(roles))
+        users = [acls.role(name, cfg, line) for name in names]
+    except InspectorError as exc:
+        raise Failed(exc) from None
+    passwords = [None] * len(users)
+    if password_stdin:
+        given = [p.rstrip("\r\n") for p in sys.stdin.readlines()]
+        if len(given) < len(users) or not all(given[:len(users)]):
+            raise click.UsageError(f"--password-stdin: give {len(users)} non-empty line(s), one password per role "
+                                   f"({', '.join(u.user for u in users)})")
+        passwords = given[:len(users)]
+    for user, password in zip(users, passwords, strict=True):
+        click.echo(f"# {user.user}: {user.what}" + ("" if password else " (no password: add >PASSWORD, or use "
+                                                                            "--password-stdin)"), err=True)
+        click.echo(user.aclfile_line(password) if as_aclfile else user.setuser(password))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Worker configuration: one frozen dataclass per stage, read from YAML, overridden by the command line.
 
-Precedence: built-in defaults < YAML file (`--config`) < environment (`INSPECTOR_REDIS_URL`) < command line.
+Precedence: built-in defaults < YAML file (`--config`) < the systemd credential `redis-url` (LoadCredential=,
+read from $CREDENTIALS_DIRECTORY) < environment (`INSPECTOR_REDIS_URL`) < command line.
 Post-processing values left null come from the engine's manifest (tuned by `trainer tune`), then from the
 defaults in `inspector.postprocess.params`. An unknown or mistyped key raises ConfigError naming the key.
 """
@@ -25,6 +26,8 @@ from inspector.io.keys import CONFIGURED, LineKeys
 from inspector.io.keys import check as check_keys
 
 REDIS_URL_ENV = "INSPECTOR_REDIS_URL"
+REDIS_URL_CREDENTIAL = "redis-url"  # the unit's LoadCredential=redis-url:/etc/steel-inspector/redis-url
+LOOPBACK = "127.0.0.1"  # where metrics and pages listen unless an address names a host
 T = TypeVar("T")
 
 
@@ -361,7 +364,7 @@ class CoilsConfig:
                 parse_address(self.metrics_address)
             except ConfigError:
                 raise ConfigError(f"config key 'coils.metrics_address' is '{self.metrics_address}': use HOST:PORT, "
-                                  "e.g. 0.0.0.0:9109") from None
+                                  "e.g. 127.0.0.1:9109") from None
 
 
 @dataclass(frozen=True)
@@ -442,11 +445,13 @@ def parse_host_port(address: str, key: str) -> tuple[str, int]:
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """`HOST:PORT` (or `:PORT`) -> (host, port), or ConfigError naming metrics.address."""
+    """`HOST:PORT` (or `:PORT`, which listens on loopback only) -> (host, port), or ConfigError naming
+    metrics.address. Listening on every interface takes an explicit 0.0.0.0 (README "Security")."""
     host, _, port = address.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"config key 'metrics.address' is '{address}': use HOST:PORT, e.g. 0.0.0.0:9108")
-    return host or "0.0.0.0", int(port)
+        raise ConfigError(f"config key 'metrics.address' is '{address}': use HOST:PORT, e.g. 127.0.0.1:9108 "
+                          "(0.0.0.0:9108 to let a Prometheus on another machine scrape it)")
+    return host or LOOPBACK, int(port)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -518,13 +523,31 @@ def from_dict(data: dict[str, Any] | None) -> Config:
                      for name, factory in sections.items()}).validate()
 
 
+def credential(name: str) -> str | None:
+    """The systemd credential `name` (a unit's LoadCredential=/SetCredential=), stripped; None outside such a
+    unit or when the unit passes no such credential. Kept out of Environment=, where `systemctl show` shows it."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return None
+    path = Path(folder) / name
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"systemd credential {path} cannot be read ({exc}): check LoadCredential={name}:... in "
+                          "the unit and that the file it names holds the URL as text") from None
+    return text or None
+
+
 def load(path: str | Path | None = None, redis_url: str | None = None, **overrides: Any) -> Config:
-    """Read YAML (if given), apply `INSPECTOR_REDIS_URL`, then `redis_url` and dotted overrides.
+    """Read YAML (if given), apply the `redis-url` credential, `INSPECTOR_REDIS_URL`, then `redis_url` and
+    dotted overrides.
 
     `overrides` use section__key names, e.g. `batching__batch_size=4`; None values are ignored.
     """
     data = read_yaml(path, "config/inspector.yaml") if path is not None else {}
-    url = redis_url or os.environ.get(REDIS_URL_ENV)
+    url = redis_url or os.environ.get(REDIS_URL_ENV) or credential(REDIS_URL_CREDENTIAL)
     if url:
         overrides["redis__url"] = url
     for dotted, value in overrides.items():

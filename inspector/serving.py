@@ -61,7 +61,12 @@ def load_engine(config: Config, folder: str | Path | None = None) -> ActiveEngin
         raise
     except Exception as exc:  # a backend's own error types on a broken file
         runner.close()
-        raise EngineError(f"{engine.path} failed its first inference: {type(exc).__name__}: {exc}") from None
+        hint = ""
+        if "could not create a primitive" in str(exc):  # oneDNN compiles kernels at run time: W+X memory
+            hint = (" (oneDNN, torch on CPU, could not compile its kernels: under systemd's "
+                    "MemoryDenyWriteExecute=yes add the drop-in config/inspector-jit.conf, or use engine.backend "
+                    "onnxruntime; README \"Security\")")
+        raise EngineError(f"{engine.path} failed its first inference: {type(exc).__name__}: {exc}{hint}") from None
     return ActiveEngine(runner, params, engine.path)
 
 

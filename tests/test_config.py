@@ -45,3 +45,31 @@ def test_precedence_env_then_cli(tmp_path, monkeypatch) -> None:
     assert config.load(path).redis.url == "redis://env:2/0"
     assert config.load(path, "redis://cli:3/0", batching__batch_size=2).redis.url == "redis://cli:3/0"
     assert config.load(path, batching__batch_size=2).batching.batch_size == 2
+
+
+def test_redis_url_credential_sits_between_yaml_and_environment(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("redis:\n  url: redis://yaml:1/0\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "redis-url").write_text("redis://worker-main:s3cret@cred:3/0\n")  # as LoadCredential= copies it
+    monkeypatch.delenv("INSPECTOR_REDIS_URL", raising=False)
+    assert config.load(path).redis.url == "redis://yaml:1/0"  # outside a unit: no credentials folder
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = config.load(path)
+    assert cfg.redis.url == "redis://worker-main:s3cret@cred:3/0" and "s3cret" not in cfg.redis.safe_url()
+    monkeypatch.setenv("INSPECTOR_REDIS_URL", "redis://env:2/0")
+    assert config.load(path).redis.url == "redis://env:2/0"
+    assert config.load(path, "redis://cli:4/0").redis.url == "redis://cli:4/0"
+    (creds / "redis-url").unlink()  # a unit without that credential: the environment, then the YAML, as before
+    monkeypatch.delenv("INSPECTOR_REDIS_URL")
+    assert config.load(path).redis.url == "redis://yaml:1/0"
+
+
+@pytest.mark.parametrize("address, expected", [
+    (":9108", ("127.0.0.1", 9108)),       # no host: loopback only, never every interface
+    ("0.0.0.0:9108", ("0.0.0.0", 9108)),  # every interface, on purpose
+    ("10.1.2.3:9109", ("10.1.2.3", 9109)),
+])
+def test_metrics_listen_on_loopback_unless_a_host_is_named(address: str, expected: tuple[str, int]) -> None:
+    assert config.parse_address(address) == expected

@@ -41,6 +41,8 @@ from redis.exceptions import ClusterError, RedisClusterException, SlotNotCovered
 from inspector.config import CameraConfig, RedisConfig
 from inspector.errors import SourceError, SourceRefused, SourceUnavailable
 from inspector.io import client as clients
+from inspector.io.acl import grant_hint, refused_command
+from inspector.io.acl import probe as probe_permissions
 from inspector.io.base import Entry, Gap, Outcome, Published, SourceState, redelivered
 from inspector.io.keys import LEGACY
 from inspector.io.redis_scripts import CLAIM, PUBLISH
@@ -72,13 +74,19 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-def classify(exc: BaseException, url: str, doing: str) -> SourceError:
-    """A redis-py error as SourceUnavailable (retry) or SourceRefused (stop), in one line naming the fix."""
+def classify(exc: BaseException, url: str, doing: str, grant: str | None = None) -> SourceError:
+    """A redis-py error as SourceUnavailable (retry) or SourceRefused (stop), in one line naming the fix; `grant`
+    names the `inspector acl` line for a permission the user lacks."""
     text = _first_line(exc)
     code = getattr(exc, "status_code", None)  # redis-py strips it off the text of READONLY, OOM, MOVED, ...
     if code and not text.startswith(code):
         text = f"{code} {text}"
     head = text.split(" ", 1)[0]
+    if isinstance(exc, redis.exceptions.NoPermissionError) and not text.startswith("NOPERM"):
+        text, head = f"NOPERM {text}", "NOPERM"
+    if head == "NOPERM" and grant:
+        return SourceRefused(f"Redis at {url} refused {doing}: the user may not run {refused_command(text)} "
+                             f"({text}): grant it with {grant} (paste its ACL SETUSER line as an admin)")
     if isinstance(exc, redis.AuthenticationError) or head in ("WRONGPASS", "NOAUTH", "NOPERM") \
             or "invalid password" in text or "invalid username-password" in text:
         return SourceRefused(f"Redis at {url} refused {doing}: {text}: put the right user and password in "
@@ -119,6 +127,8 @@ class RedisStreams:
         self._registered: tuple[Any, Any] | None = None  # PUBLISH and CLAIM (consumer thread)
         self._connecting = threading.Lock()
         self._stale_map = False  # cluster: re-read the slot map before the next call on the slot's node
+        self._permitted = False  # check_permissions passed once (at start)
+        self._grant = grant_hint(cfg)  # the `inspector acl` line a NOPERM message names
 
     @property
     def client(self) -> Any:
@@ -139,7 +149,7 @@ class RedisStreams:
                 self._recovering = True  # a lost XREADGROUP reply leaves entries pending that we never saw
             if "NOGROUP" in str(exc):
                 self._group_ready = False
-            raise classify(exc, self.url, doing) from None
+            raise classify(exc, self.url, doing, self._grant) from None
 
     def ensure_group(self) -> None:
         """Create the group at id 0 with MKSTREAM (never `$`: frames queued before the first start count)."""
@@ -153,9 +163,9 @@ class RedisStreams:
             self._warn_if_legacy()
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise classify(exc, self.url, "creating the consumer group") from None
+                raise classify(exc, self.url, "creating the consumer group", self._grant) from None
         except (redis.RedisError, RedisClusterException) as exc:
-            raise classify(exc, self.url, "creating the consumer group") from None
+            raise classify(exc, self.url, "creating the consumer group", self._grant) from None
         self._group_ready = True
 
     def _warn_if_legacy(self) -> None:
@@ -177,6 +187,7 @@ class RedisStreams:
         while True:
             try:
                 self.ensure_group()
+                self.check_permissions()
                 return
             except SourceUnavailable as exc:
                 if time.monotonic() + wait > deadline:
@@ -185,6 +196,18 @@ class RedisStreams:
                 log.warning("%s: %s; retrying in %.1f s", self.name, exc, wait)
                 time.sleep(wait)
                 wait = min(wait * 2, 2.0)
+
+    def check_permissions(self) -> None:
+        """Once, at start: SourceRefused (exit 78) naming the first command this Redis user may not run and the
+        `inspector acl` line that grants it, before a half-permitted script could write half a batch."""
+        if self._permitted:
+            return
+        node = clients.slot_client(self.client, self.keys.frames)
+        try:
+            probe_permissions(node, self.cfg, self.name)
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise classify(exc, self.url, "checking the user's permissions") from None
+        self._permitted = True
 
     # -- reading -----------------------------------------------------------------------------------------
     def recover(self) -> None:

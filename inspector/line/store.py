@@ -23,6 +23,7 @@ import redis
 from inspector.config import Config
 from inspector.errors import SourceUnavailable
 from inspector.io import client as clients
+from inspector.io.acl import grant_hint
 from inspector.io.redis_streams import classify
 from inspector.line import scripts
 from inspector.line.keys import LineKeys
@@ -81,6 +82,7 @@ class LineStore:
         self.keys = LineKeys.from_config(cfg)
         self.name = consumer
         self.url = cfg.redis.safe_url()
+        self._grant = grant_hint(cfg.redis, "coils")  # the `inspector acl` line a NOPERM message names
         self.client = client or clients.connect(cfg.redis)
         self._fold = self.client.register_script(scripts.FOLD)
         self._end = self.client.register_script(scripts.END)
@@ -99,7 +101,7 @@ class LineStore:
                 self.events.cursor = self.ends.cursor = "0"
             if "NOGROUP" in str(exc):
                 self.events.ready = self.ends.ready = False
-            raise classify(exc, self.url, doing) from None
+            raise classify(exc, self.url, doing, self._grant) from None
 
     # -- reading -----------------------------------------------------------------------------------------
     def _ensure(self, reader: _Reader) -> None:
@@ -108,9 +110,9 @@ class LineStore:
             log.info("%s: created consumer group %s on %s", self.name, self.c.group, reader.stream)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise classify(exc, self.url, "creating the consumer group") from None
+                raise classify(exc, self.url, "creating the consumer group", self._grant) from None
         except redis.RedisError as exc:
-            raise classify(exc, self.url, "creating the consumer group") from None
+            raise classify(exc, self.url, "creating the consumer group", self._grant) from None
         reader.ready = True
 
     def wait_ready(self, timeout_s: float) -> None:
