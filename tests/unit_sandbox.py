@@ -11,6 +11,7 @@ Reproduced, as systemd 252 implements each (src/shared/seccomp-util.c, src/core/
                                 one); ReadOnlyPaths= stay read-only
     ProtectHome=yes             empty /home, /root, /run/user (then the venv and the checkout bound back, read-only)
     PrivateTmp=                 its own /tmp and /var/tmp
+    StateDirectory=             a writable /var/lib/<name> (a test folder, over an empty /var/lib)
     PrivateDevices=yes          a /dev of pseudo devices (bwrap --dev); `no` (the GPU drop-in): the host's /dev
     ProtectProc=invisible       its own PID namespace: no other process is visible
     ProcSubset=pid              /proc entries that are not a process (cpuinfo, meminfo, sys, ...) emptied
@@ -277,6 +278,13 @@ class Sandbox:
                 host = self.writable.get(path, path)
                 if os.path.exists(host):
                     cmd += ["--bind", host, path]
+        states = [n for value in d.get("StateDirectory", []) for n in value.split()]
+        if states:  # systemd makes /var/lib/<name> writable for the service; here: over a tmpfs /var/lib
+            cmd += ["--tmpfs", "/var/lib"]
+            for name in states:
+                host = self.work / "state" / name
+                host.mkdir(parents=True, exist_ok=True)
+                cmd += ["--bind", str(host), f"/var/lib/{name}"]
         creds = self.credentials()
         if creds is not None:
             inside = f"/opt/.credentials/{self.unit_name}"  # systemd's is /run/credentials/<unit>: read-only here
