@@ -600,7 +600,10 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
         if created is not None:
             created.close()
         raise
-    return Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier)  # type: ignore[arg-type]
+    from inspector import preview
+
+    return Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier,  # type: ignore[arg-type]
+                    taps=preview.taps(config, redis=created is not None))
 
 
 def _scores(probs: torch.Tensor, presence: torch.Tensor | None) -> np.ndarray:
