@@ -1,4 +1,4 @@
-"""Command line: `inspector run | coils | feed | bench | demo`. Parses options, calls library code, no logic."""
+"""Command line: `inspector run | coils | screen | feed | bench | demo`. Parses options, calls library code."""
 
 from __future__ import annotations
 
@@ -122,6 +122,22 @@ def coils(config_path: str | None, redis_url: str | None, burst: bool, metrics_a
     cfg = _load(config_path, redis_url, coils__metrics_address=metrics_address, redis__worker_id=worker_id)
     stats = service.run(cfg, burst=burst)
     click.echo(json.dumps(stats.snapshot()))
+
+
+@main.command()
+@shared_options
+@click.option("--address", default=None, help="HOST:PORT of the page (screen.address, default 127.0.0.1:8090).")
+@click.option("--opcua-endpoint", default=None,
+              help="opc.tcp://HOST:PORT/PATH: also serve the line's state over OPC UA (opcua.endpoint).")
+@click.option("--line", default=None, help="redis.line: the line to show.")
+def screen(config_path: str | None, redis_url: str | None, address: str | None, opcua_endpoint: str | None,
+           line: str | None) -> None:
+    """The operator's live screen (previews, strip map, defects, alarms, workers) and the alarm rules; with
+    opcua.endpoint, the OPC UA server for the PLC. Until SIGTERM."""
+    from inspector.screen import app
+
+    cfg = _load(config_path, redis_url, screen__address=address, opcua__endpoint=opcua_endpoint, redis__line=line)
+    app.run(cfg)
 
 
 @main.command()
