@@ -218,12 +218,14 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
 @click.option("--fps", type=float, default=None, help="Synthetic camera rate (default: camera.fps).")
 @click.option("--seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
 @click.option("--bad-every", type=int, default=0, help="Make every Nth frame malformed, to see rejections.")
+@click.option("--screen-address", default=None, help="HOST:PORT of the operator's screen (screen.address).")
 def demo(config_path: str | None, redis_url: str | None, fps: float | None, seconds: float | None,
-         bad_every: int, **engine: Any) -> None:
-    """The whole loop: private Redis, synthetic camera, the worker, a live summary."""
+         bad_every: int, screen_address: str | None, **engine: Any) -> None:
+    """The whole loop: private Redis, synthetic camera, the worker, the coils service, the operator's screen, a
+    live summary."""
     from inspector import demo as demoing
 
-    cfg = _load(config_path, redis_url, **engine)
+    cfg = _load(config_path, redis_url, screen__address=screen_address, **engine)
     logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
     demoing.run(cfg, fps or cfg.camera.fps, seconds, bad_every)
 

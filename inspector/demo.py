@@ -2,9 +2,10 @@
 
 A private redis-server (unless one is configured), a synthetic line of two cameras pushing frames of coils
 (ids, positions, one roll mark) at a set rate each, the engine in engines/current, the worker, the coils service
-(`inspector.line.demo`), a live summary read back from the events stream, the way a downstream system would see
-it, and one line per coil report. Pointed at an existing Redis, the demo works under keys and a group of its own
-and deletes them when it ends: the production stream is never read, trimmed or joined.
+(`inspector.line.demo`), the operator's screen (`inspector.screen`, its address printed first), a live summary read
+back from the events stream, the way a downstream system would see it, and one line per coil report. Pointed at
+an existing Redis, the demo works under keys and a group of its own and deletes them when it ends: the production
+stream is never read, trimmed or joined.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from inspector.io.redis_server import PrivateRedis
 from inspector.line.demo import LineDemo
 from inspector.pipeline import from_config
 from inspector.protocol import EVENT_FIELD, unpack_event
+from inspector.screen.app import Screen
 
 
 class Summary:
@@ -82,7 +84,7 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
     stop = threading.Event()
     client = clients.connect(cfg.redis)
     keys = cfg.redis.keys()
-    pipe = line = None
+    pipe = line = screen = None
     try:
         pipe = from_config(cfg)
         b = pipe.engine.backend
@@ -102,6 +104,8 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
             sent[0] += len(entries)
 
         line = LineDemo(cfg, client, out)  # coils with ids and positions, two cameras, one roll mark
+        screen = Screen(line.cfg)
+        out(f"operator's screen on {screen.start()} (previews, strip map, alarms; Ctrl-C ends the demo)")
         frames = line.frames(seed)
         feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps * line.cameras, stop.is_set),
                                   daemon=True)
@@ -123,6 +127,8 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         stop.set()
         if pipe is not None:
             pipe.close()
+        if screen is not None:
+            screen.stop()
         if line is not None:
             line.cleanup()
         if server is None:
