@@ -110,8 +110,15 @@ def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, s
         "model": pipe.engine.model_id, "metrics": stats.metrics is not None,
         "rejected": stats.counters["rejected"], "wall_s": round(wall, 3),
         "event_bytes_mean": round(stats.counters["event_bytes"] / frames) if frames else None,
+        "previews": cfg.preview.enabled, "preview_counts": _preview_counts(pipe),
     }
     return {**result, **environment()}
+
+
+def _preview_counts(pipe: Pipeline) -> dict[str, int] | None:
+    from inspector.preview import PreviewTap
+
+    return next((dict(t.counts) for t in pipe.taps if isinstance(t, PreviewTap)), None)
 
 
 def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool], metrics: Metrics | None,

@@ -189,14 +189,15 @@ def feed(config_path: str | None, redis_url: str | None, folder: str | None, enc
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
 @click.option("--metrics", "with_metrics", is_flag=True, help="Prometheus metrics on, scraped once a second.")
 @click.option("--decode-threads", type=int, default=None, help="batching.decode_threads (0: decode in the producer).")
+@click.option("--previews/--no-previews", default=None, help="Operator previews on or off (preview.enabled).")
 def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frames: int, rate: float, source: str,
           encoding: str, as_json: bool, out: str | None, with_metrics: bool, decode_threads: int | None,
-          **engine: Any) -> None:
+          previews: bool | None, **engine: Any) -> None:
     """Frames/sec end to end and engine-only, latency, per-stage times. With --redis: its own keys and group,
     removed afterwards (never the production stream)."""
     from inspector import bench as benching
 
-    cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads, **engine)
+    cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads, preview__enabled=previews, **engine)
     run_bench = benching.with_redis if use_redis else benching.offline
     result = run_bench(cfg, frames, rate, source, encoding, with_metrics)
     if out:
@@ -205,9 +206,10 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
         click.echo(json.dumps(result))
     else:
         stages = ", ".join(f"{k} {v} ms" for k, v in result["stage_ms_per_frame"].items())
+        on = {True: "on", False: "off"}
         click.echo(f"{result['frames']} frames: {result['fps']} frames/s end to end, engine {result['engine_fps']} "
                    f"frames/s ({result['backend']} on {result['device']}, batch {result['batch_size']}, metrics "
-                   f"{'on' if result['metrics'] else 'off'}); latency "
+                   f"{on[result['metrics']]}, previews {on[result['previews']]}); latency "
                    f"p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms; camera rate "
                    f"{result['camera_fps']} met: {result['meets_camera_rate']}\nper frame: {stages}")
 

@@ -378,8 +378,8 @@ class AlarmRule:
 
 
 def _default_rules() -> tuple[AlarmRule, ...]:
-    return (AlarmRule("large-dark-region", "defect", class_id=4, min_area_mm2=5000.0),
-            AlarmRule("defect-cluster", "density", per_metre=3.0, window_m=5.0),
+    return (AlarmRule("large-dark-region", "defect", class_id=4, min_area_mm2=10_000.0),
+            AlarmRule("defect-cluster", "density", per_metre=10.0, window_m=5.0),
             AlarmRule("roll-mark", "periodic"),
             AlarmRule("coverage-low", "coverage", floor=0.9),
             AlarmRule("camera-silent", "camera_silent", silent_s=10.0),
