@@ -104,8 +104,8 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
             sent[0] += len(entries)
 
         line = LineDemo(cfg, client, out)  # coils with ids and positions, two cameras, one roll mark
-        screen = Screen(line.cfg)
-        out(f"operator's screen on {screen.start()} (previews, strip map, alarms; Ctrl-C ends the demo)")
+        screen, address = _screen(line.cfg, out)
+        out(f"operator's screen on {address} (previews, strip map, alarms; Ctrl-C ends the demo)")
         frames = line.frames(seed)
         feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps * line.cameras, stop.is_set),
                                   daemon=True)
@@ -137,3 +137,16 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         clients.close(client)
         if server is not None:
             server.stop()
+
+
+def _screen(cfg: Config, out: Callable[[str], None]) -> tuple[Screen, str]:
+    """The screen on screen.address, or, that port taken (a demo is not a service), on a free port of that host."""
+    screen = Screen(cfg)
+    try:
+        return screen, screen.start()
+    except RuntimeError:
+        screen.close()
+    host = cfg.screen.address.rpartition(":")[0]
+    out(f"screen.address {cfg.screen.address} is in use: the screen takes a free port instead")
+    screen = Screen(config_mod.replace(cfg, screen={"address": f"{host}:0"}))
+    return screen, screen.start()

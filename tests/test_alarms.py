@@ -108,3 +108,24 @@ def test_default_rules_load() -> None:
     cfg = config_mod.from_dict({})
     assert {r.kind for r in cfg.alarms.rules} == {"defect", "density", "periodic", "coverage", "camera_silent",
                                                   "worker_not_ready"}
+
+
+def test_shipped_yaml_states_the_defaults() -> None:
+    from conftest import ROOT
+
+    shipped, built_in = config_mod.load(ROOT / "config" / "inspector.yaml"), config_mod.from_dict({})
+    for section in ("preview", "alarms", "screen", "opcua"):
+        assert getattr(shipped, section) == getattr(built_in, section), section
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"preview": {"every_s": 0}}, "preview.every_s"),  # at least once in a while
+    ({"preview": {"quality": 101}}, "preview.quality"),
+    ({"preview": {"key_prefix": "inspect:{other}:preview"}}, "preview.key_prefix"),  # another line's slot
+    ({"alarms": {"key": "inspect:{other}:alarms"}}, "alarms.key"),
+    ({"screen": {"address": "localhost"}}, "screen.address"),  # no port
+    ({"opcua": {"endpoint": "http://0.0.0.0:4840/"}}, "opcua.endpoint"),  # not opc.tcp
+])
+def test_screen_sections_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        config_mod.from_dict(data)

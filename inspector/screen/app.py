@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from inspector.config import Config, parse_address
-from inspector.screen.view import LineView, Snapshot
+from inspector.screen.view import LineView, Snapshot, empty
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -110,7 +110,7 @@ class Screen:
                 snapshot, ok = await loop.run_in_executor(self._executor, self.view.poll), True
             except Exception as exc:  # Redis away, a bug in one round: the last picture stays, with the error
                 ok = False
-                previous = self.hub.snapshot.data if self.hub.snapshot else {"line": self.cfg.redis.line}
+                previous = self.hub.snapshot.data if self.hub.snapshot else empty(self.cfg.redis.line)
                 snapshot = Snapshot({**previous, "error": f"{type(exc).__name__}: {str(exc)[:300]}"},
                                     self.hub.snapshot.previews if self.hub.snapshot else {})
                 if time.monotonic() - self._logged > 30:

@@ -94,11 +94,13 @@ class LineView:
         self._built_at: tuple[str | None, int, str] = (None, -1, "")
         self.fps: dict[str, tuple[float, float, float]] = {}  # consumer -> (uptime_s, frames, fps) last seen
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=30)
-        self.book = AlarmBook(self._active())
+        self.book: AlarmBook | None = None  # loaded from the active hash on the first round that reaches Redis
 
     # -- one round ---------------------------------------------------------------------------------------
     def poll(self) -> Snapshot:
         now = self.clock()
+        if self.book is None:
+            self.book = AlarmBook(self._active())
         previews, cams = self._previews()
         self._events()
         self._current_coil()
@@ -106,13 +108,14 @@ class LineView:
         reports = self._reports()
         live = sum(1 for w in workers if w["ready"])
         transitions = self._alarms(now, live)
+        book = self.book
         cameras = sorted({*self.cfg.line.cameras, *cams, *self.last_seen})
         data = {
             "line": self.cfg.redis.line, "ts": now,
             "cameras": [{"name": c, "surface": getattr(self.cfg.line.cameras.get(c), "surface", None),
                          "last_event_ts": self.last_seen.get(c), "preview": cams.get(c)} for c in cameras],
             "coil": self.coil_data, "defects": list(self.recent)[::-1], "workers": workers, "reports": reports,
-            "alarms": [{"id": i, "rule": rule, "text": text} for i, (rule, text) in sorted(self.book.active.items())],
+            "alarms": [{"id": i, "rule": rule, "text": text} for i, (rule, text) in sorted(book.active.items())],
             "alarm_log": list(self.history)[::-1], "last_event_ts": self.last_event_ts,
         }
         return Snapshot(data, previews, tuple(transitions))
@@ -273,6 +276,7 @@ class LineView:
         facts = Facts(now=now, started=self.started, coil=self.coil, length_mm=f.get("length_mm", 0.0),
                       defects=f.get("defects", ()), findings=f.get("findings", ()), coverage=f.get("coverage", {}),
                       cameras=sorted(self.cfg.line.cameras), last_seen=dict(self.last_seen), workers_live=live)
+        assert self.book is not None
         transitions = self.book.update(alarms.evaluate(self.cfg.alarms.rules, facts), now)
         for t in transitions:
             entry = msgpack.packb(t.as_dict(), use_bin_type=True)
@@ -281,6 +285,12 @@ class LineView:
             self.history.append({**t.as_dict(), "written": bool(written)})
             log.info("alarm %s: %s", t.state, t.text)
         return transitions
+
+
+def empty(line: str) -> dict[str, Any]:
+    """A snapshot's data before the first successful round."""
+    return {"line": line, "ts": time.time(), "cameras": [], "coil": {}, "defects": [], "workers": [], "reports": [],
+            "alarms": [], "alarm_log": [], "last_event_ts": None}
 
 
 def _num(value: str | None) -> float | None:
