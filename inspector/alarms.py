@@ -158,17 +158,30 @@ def evaluate(rules: Sequence[AlarmRule], facts: Facts) -> dict[str, tuple[str, s
 
 class AlarmBook:
     """The active alarms, and the transitions each new evaluation makes. A text that changes while its condition
-    holds (more defects found) is updated in place, not fired again."""
+    holds (more defects found) is updated in place, not fired again; an alarm whose rule has `clear_after_s`
+    clears only once its condition has been gone that long (a density hovering at its limit fires once)."""
 
-    def __init__(self, active: Mapping[str, tuple[str, str]] | None = None) -> None:
+    def __init__(self, active: Mapping[str, tuple[str, str]] | None = None,
+                 clear_after_s: Mapping[str, float] | None = None) -> None:
         self.active: dict[str, tuple[str, str]] = dict(active or {})
+        self.clear_after_s = dict(clear_after_s or {})  # rule name -> s
+        self._gone: dict[str, float] = {}  # alarm id -> when its condition was first seen gone
 
     def update(self, holding: Mapping[str, tuple[str, str]], ts: float) -> list[Transition]:
-        out = [Transition("cleared", i, rule, text, ts) for i, (rule, text) in sorted(self.active.items())
-               if i not in holding]
-        out += [Transition("fired", i, rule, text, ts) for i, (rule, text) in sorted(holding.items())
-                if i not in self.active]
-        self.active = dict(holding)
+        out = []
+        for i, (rule, text) in sorted(self.active.items()):
+            if i in holding:
+                self._gone.pop(i, None)
+                self.active[i] = holding[i]
+                continue
+            since = self._gone.setdefault(i, ts)
+            if ts - since >= self.clear_after_s.get(rule, 0.0):
+                out.append(Transition("cleared", i, rule, text, ts))
+                del self.active[i], self._gone[i]
+        for i, (rule, text) in sorted(holding.items()):
+            if i not in self.active:
+                out.append(Transition("fired", i, rule, text, ts))
+                self.active[i] = (rule, text)
         return out
 
 

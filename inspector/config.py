@@ -364,6 +364,7 @@ class AlarmRule:
     after_m: float = setting(5.0, ge=0)  # coverage: judged once this much of the coil has passed the cameras
     silent_s: float = setting(10.0, gt=0)  # camera_silent: no event of a camera for this long
     min_workers: int = setting(1, ge=1)  # worker_not_ready: fewer live workers than this
+    clear_after_s: float = setting(0.0, ge=0)  # clears once its condition has been gone this long (no flapping)
 
     def check(self) -> None:
         where = f"alarms.rules.{self.name or '?'}"
@@ -379,7 +380,7 @@ class AlarmRule:
 
 def _default_rules() -> tuple[AlarmRule, ...]:
     return (AlarmRule("large-dark-region", "defect", class_id=4, min_area_mm2=10_000.0),
-            AlarmRule("defect-cluster", "density", per_metre=10.0, window_m=5.0),
+            AlarmRule("defect-cluster", "density", per_metre=10.0, window_m=5.0, clear_after_s=5.0),
             AlarmRule("roll-mark", "periodic"),
             AlarmRule("coverage-low", "coverage", floor=0.9),
             AlarmRule("camera-silent", "camera_silent", silent_s=10.0),

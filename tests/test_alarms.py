@@ -75,6 +75,16 @@ def test_below_the_limits_nothing_fires() -> None:
     assert evaluate(rules, facts) == {}
 
 
+def test_clear_after_s_keeps_a_flapping_condition_one_alarm() -> None:
+    rule = AlarmRule("dense", "density", per_metre=2.0, window_m=2.0, clear_after_s=5.0)
+    dense = dataclasses.replace(BASE, defects=[_defect(i, 3, 18_500 + 300 * i) for i in range(4)])
+    book = AlarmBook(clear_after_s={"dense": 5.0})
+    states = [[t.state for t in book.update(evaluate([rule], facts), T0 + k)]
+              for k, facts in enumerate([dense, BASE, dense, BASE, BASE, BASE, BASE, BASE, BASE])]
+    # fired at 0; gone at 1 and back at 2 (not cleared); gone from 3: cleared 5 s later, at 8
+    assert states == [["fired"], [], [], [], [], [], [], [], ["cleared"]]
+
+
 def test_the_next_coil_is_a_new_condition() -> None:
     rule = AlarmRule("mark", "periodic")
     book = AlarmBook()

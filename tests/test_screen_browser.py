@@ -99,6 +99,14 @@ def test_screen_of_a_running_demo(demo_screen: str, browser) -> None:
     assert int(js("return document.getElementById('strip').dataset.boxes")) > 0
     assert js(COUNT_CLASS4) > 20  # class 4 boxes drawn in their colour
 
+    # a closed coil is listed, and its report opens from the page
+    links = "return [...document.querySelectorAll('#reports a')].map(a => a.href)"
+    wait_for(lambda: js(links), 120, "a past coil's report link", 0.2)
+    status = browser.execute_async_script("const done = arguments[arguments.length - 1]; "
+                                          "fetch(arguments[0]).then(r => done(r.status), e => done(String(e)));",
+                                          js(links)[0])
+    assert status == 200
+
     # the roll-mark alarm appears on the page ...
     def alarm_ids() -> list[str]:
         return js("return [...document.querySelectorAll('#alarms li[data-id]')].map(li => li.dataset.id)")

@@ -100,7 +100,7 @@ class LineView:
     def poll(self) -> Snapshot:
         now = self.clock()
         if self.book is None:
-            self.book = AlarmBook(self._active())
+            self.book = AlarmBook(self._active(), {r.name: r.clear_after_s for r in self.cfg.alarms.rules})
         previews, cams = self._previews()
         self._events()
         self._current_coil()
