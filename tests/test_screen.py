@@ -150,3 +150,30 @@ def test_opcua_variables_and_alarm_events(redis_url, tmp_path) -> None:
     cleared = [e for e in got if getattr(e, "State", None) == "cleared"]
     assert [e.AlarmId for e in cleared] == ["worker-not-ready"]
     assert cleared[0].Severity == 100 and "worker" in cleared[0].Message.Text
+
+
+def test_last_defects_carry_evidence_crops_when_events_have_them(redis_url, tmp_path) -> None:
+    """Events gain `evidence` (paths of crops, parallel to `components`) with capture on: the screen lists them
+    and serves the files from screen.evidence_dir; events without it are shown without."""
+    from inspector.protocol import EVENT_FIELD
+
+    client = redis.Redis.from_url(redis_url)
+    crops = tmp_path / "capture"
+    (crops / "evidence" / "2026-12-03" / "f1").mkdir(parents=True)
+    (crops / "evidence" / "2026-12-03" / "f1" / "4_0.jpg").write_bytes(b"\xff\xd8crop\xff\xd9")
+    plain = synth.event("top-1", "C9", 0.0, [(4, 10, 10, 20, 20)], seq=0)
+    with_crop = msgpack.unpackb(synth.event("top-1", "C9", 256.0, [(4, 10, 10, 20, 20)], seq=1)[EVENT_FIELD])
+    with_crop["defects"][0]["evidence"] = ["evidence/2026-12-03/f1/4_0.jpg"]
+    client.xadd("inspect:{main}:events", plain)
+    client.xadd("inspect:{main}:events", {EVENT_FIELD: msgpack.packb(with_crop)})
+    screen = Screen(_cfg(redis_url, tmp_path, screen={"address": "127.0.0.1:0", "every_s": 0.2,
+                                                      "evidence_dir": str(crops)}))
+    base = screen.start()
+    try:
+        wait_for(lambda: len(_get(base + "state")["defects"]) == 2, 30, "both defects listed")
+        newest, oldest = _get(base + "state")["defects"]
+        assert newest["evidence"] == ["evidence/2026-12-03/f1/4_0.jpg"] and oldest["evidence"] == []
+        with urllib.request.urlopen(base + "evidence/" + newest["evidence"][0], timeout=10) as reply:  # as the page
+            assert reply.read() == b"\xff\xd8crop\xff\xd9"
+    finally:
+        screen.stop()
