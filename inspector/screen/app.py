@@ -41,9 +41,9 @@ KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies and the browser's 
 class Hub:
     """The latest snapshot and its JSON, and a condition the open event streams wait on (event loop only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, line: str) -> None:
         self.snapshot: Snapshot | None = None
-        self.json = "{}"
+        self.json = json.dumps(empty(line))  # before the first round
         self.version = 0
         self.ok_ts: float | None = None
         self._changed = asyncio.Condition()
@@ -70,7 +70,7 @@ class Screen:
         self.cfg = cfg
         self.client = client or clients.connect(cfg.redis)
         self.view = LineView(cfg, self.client)
-        self.hub = Hub()
+        self.hub = Hub(cfg.redis.line)
         self.opcua: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="screen-poll")
         self._server: Any = None
