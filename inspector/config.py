@@ -341,6 +341,7 @@ class PreviewConfig:
     alpha: float = setting(0.45, ge=0, le=1)  # how strongly a class's colour covers its mask's pixels
     ttl_s: int = setting(30, ge=1)  # a camera's preview expires this long after the last one (a silent camera)
     queue: int = setting(8, ge=1, le=1024)  # previews waiting for the render thread; when full: dropped, counted
+    max_cameras: int = setting(64, ge=1, le=4096)  # camera names previewed at most (the first seen; the rest counted)
     key_prefix: str | None = None  # None: inspect:{<line>}:preview (one key <prefix>:<camera> per camera)
 
 

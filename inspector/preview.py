@@ -10,6 +10,7 @@ Redis key with a TTL: no history, no stream growth.
 The render thread owns the store and the encoder; the consumer thread owns `_last` (when each camera's preview
 was last taken); the counters are written by both under a lock. A stored preview is a msgpack map
 {v, camera, seq, ts, coil, pos_mm, classes, width, height, jpeg}: what the screen shows beside the image.
+Bounded: at most `preview.max_cameras` keys (camera names are input), each `width` px wide, each expiring.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class PreviewTap:
         self._last: dict[str, float] = {}  # consumer thread only
         self._queue: queue.Queue[tuple[FrameMessage, list[Defect]] | None] = queue.Queue(maxsize=cfg.queue)
         self._lock = threading.Lock()
-        self.counts = {"taken": 0, "dropped": 0, "rendered": 0, "failed": 0}
+        self.counts = {"taken": 0, "dropped": 0, "rendered": 0, "failed": 0, "other_cameras": 0}
         self._logged = 0.0
         self._thread = threading.Thread(target=self._render_loop, name="preview", daemon=True)
         self._thread.start()
@@ -133,6 +134,9 @@ class PreviewTap:
         for rec in records:
             msg = rec.message
             if rec.error is not None or msg is None or now - self._last.get(msg.camera, -1e18) < self.cfg.every_s:
+                continue
+            if msg.camera not in self._last and len(self._last) >= self.cfg.max_cameras:
+                self._count("other_cameras")  # camera names are input: keys and renders stay bounded
                 continue
             self._last[msg.camera] = now
             try:

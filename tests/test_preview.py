@@ -87,6 +87,14 @@ def test_a_full_queue_drops_and_counts_never_waits() -> None:
         tap.close()
 
 
+def test_camera_names_are_input_so_keys_stay_bounded() -> None:
+    store = MemoryPreviews()
+    tap = PreviewTap(PreviewConfig(max_cameras=3), store)
+    tap.finished([_record(f"cam-{i}") for i in range(6)], None)  # type: ignore[arg-type]
+    tap.close()
+    assert sorted(store.latest) == ["cam-0", "cam-1", "cam-2"] and tap.counts["other_cameras"] == 3
+
+
 def test_rejected_frames_are_not_previewed() -> None:
     store = MemoryPreviews()
     tap = PreviewTap(PreviewConfig(), store)

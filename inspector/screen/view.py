@@ -18,6 +18,7 @@ the current coil when its log grew (linear in its records; a coil's log is cappe
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -101,6 +102,9 @@ class LineView:
         now = self.clock()
         if self.book is None:
             self.book = AlarmBook(self._active(), {r.name: r.clear_after_s for r in self.cfg.alarms.rules})
+            for _id, fields in reversed(self.client.xrevrange(self.alarms_key, count=self.history.maxlen)):
+                with contextlib.suppress(Exception):  # the log so far, as a restarted screen shows it
+                    self.history.append(msgpack.unpackb(fields[b"a"], raw=False))
         previews, cams = self._previews()
         self._events()
         self._current_coil()
@@ -149,10 +153,15 @@ class LineView:
                 self._event(_text(entry_id), fields)
             return
         reply = self.client.xread({self.keys.events: self.cursor}, count=MAX_EVENTS_PER_ROUND)
+        read = 0
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self.cursor = _text(entry_id)
                 self._event(self.cursor, fields)
+                read += 1
+        if read == MAX_EVENTS_PER_ROUND:  # faster than a round can read: jump to now rather than fall behind
+            newest = self.client.xrevrange(self.keys.events, count=1)
+            self.cursor = _text(newest[0][0]) if newest else self.cursor
 
     def _event(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         try:
