@@ -30,6 +30,7 @@ from types import FrameType
 import numpy as np
 import torch
 
+from inspector import preview
 from inspector.backends import EngineOutput
 from inspector.batching import Batcher, split_isolated
 from inspector.config import Config
@@ -600,8 +601,6 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
         if created is not None:
             created.close()
         raise
-    from inspector import preview
-
     return Pipeline(streams, streams, engine, config, Stats(metrics=metrics), health, notifier,  # type: ignore[arg-type]
                     taps=preview.taps(config, redis=created is not None))
 
