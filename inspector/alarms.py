@@ -127,7 +127,7 @@ def _coverage(rule: AlarmRule, f: Facts) -> dict[str, str]:
 
 def _silent(rule: AlarmRule, f: Facts) -> dict[str, str]:
     out = {}
-    for cam in sorted({*f.cameras, *f.last_seen}):
+    for cam in sorted(f.cameras or f.last_seen):  # placed cameras; without line.cameras, every camera seen
         quiet = f.now - f.last_seen.get(cam, f.started)
         if quiet >= rule.silent_s:
             seen = "since the screen started" if cam not in f.last_seen else f"for {quiet:.0f} s"

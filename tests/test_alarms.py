@@ -98,6 +98,9 @@ def test_a_camera_never_seen_counts_from_the_start() -> None:
     facts = dataclasses.replace(BASE, last_seen={"top-1": T0})
     assert list(evaluate([rule], facts)) == ["quiet/top-2"]
     assert list(evaluate([rule], dataclasses.replace(facts, started=T0 - 5))) == []
+    # without line.cameras, every camera seen is watched; with it, only the placed ones (a one-off name is not)
+    assert list(evaluate([rule], dataclasses.replace(facts, cameras=(), last_seen={"x": T0 - 20}))) == ["quiet/x"]
+    assert list(evaluate([rule], dataclasses.replace(BASE, last_seen={**BASE.last_seen, "warmup": T0 - 99}))) == []
 
 
 @pytest.mark.parametrize(("rules", "key"), [

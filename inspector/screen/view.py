@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_EVENTS_PER_ROUND = 5000  # events read per round at most (the rest next round): a round stays bounded
 MAX_BOXES = 4000  # strip-map boxes sent to the page at most (the largest kept)
 SEED_EVENTS = 200  # at start: the last defects are taken from this many newest events
+MAX_CAMERAS = 256  # camera names tracked at most (for their last event and the silent-camera rule)
 
 ALARM = r"""#!lua
 -- KEYS: active hash, alarms stream. ARGV: fired|cleared, id, text, entry (msgpack), maxlen
@@ -169,7 +170,8 @@ class LineView:
             camera, done = str(ev["camera"])[:128], float(ev["done_ts"])
         except Exception:  # the line service counts bad events; the screen only skips them
             return
-        self.last_seen[camera] = max(done, self.last_seen.get(camera, 0.0))
+        if camera in self.last_seen or len(self.last_seen) < MAX_CAMERAS:  # camera names are input
+            self.last_seen[camera] = max(done, self.last_seen.get(camera, 0.0))
         self.last_event_ts = max(done, self.last_event_ts or 0.0)
         for d in ev.get("defects") or []:
             comps = d.get("components") or []
