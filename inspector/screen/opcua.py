@@ -43,6 +43,8 @@ class OpcuaPublisher:
     async def start(self) -> None:
         from asyncua import Server, ua
 
+        if not log.isEnabledFor(logging.DEBUG):  # asyncua logs every standard node it adds (a thousand lines)
+            logging.getLogger("asyncua").setLevel(logging.WARNING)
         server = Server()
         await server.init()
         server.set_endpoint(self.cfg.opcua.endpoint)
