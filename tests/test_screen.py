@@ -177,3 +177,12 @@ def test_last_defects_carry_evidence_crops_when_events_have_them(redis_url, tmp_
             assert reply.read() == b"\xff\xd8crop\xff\xd9"
     finally:
         screen.stop()
+
+
+def test_cli_refuses_a_bad_address_naming_the_key() -> None:
+    from click.testing import CliRunner
+
+    from inspector.cli import EX_CONFIG, main
+
+    result = CliRunner().invoke(main, ["screen", "--address", "localhost"])
+    assert result.exit_code == EX_CONFIG and "'screen.address'" in result.output
