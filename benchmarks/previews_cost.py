@@ -72,7 +72,7 @@ def main() -> None:
             result = offline(cfg, args.frames)
             runs[state].append({k: result[k] for k in KEEP})
             print(state, {k: result[k] for k in ("fps", "engine_fps", "fps_over_engine_fps")}, flush=True)
-    ratio = {s: statistics.median(r["fps_over_engine_fps"] for r in rs) for s, rs in runs.items()}
+    ratio = {s: round(statistics.median(r["fps_over_engine_fps"] for r in rs), 3) for s, rs in runs.items()}
     device = runs["on"][0]["device"].split(":")[0]
     out = {"benchmark": "previews_cost", "frames": args.frames, "rounds": args.rounds, "runs": runs,
            "fps_over_engine_fps_off": ratio["off"], "fps_over_engine_fps_on": ratio["on"],
