@@ -342,7 +342,7 @@ class PreviewConfig:
     ttl_s: int = setting(30, ge=1)  # a camera's preview expires this long after the last one (a silent camera)
     queue: int = setting(8, ge=1, le=1024)  # previews waiting for the render thread; when full: dropped, counted
     max_cameras: int = setting(64, ge=1, le=4096)  # camera names previewed at most (the first seen; the rest counted)
-    key_prefix: str | None = None  # None: inspect:{<line>}:preview (one key <prefix>:<camera> per camera)
+    key_prefix: str | None = None  # None: <redis frames key>:preview; one key <prefix>:<camera> per camera
 
 
 ALARM_KINDS = ("defect", "density", "periodic", "coverage", "camera_silent", "worker_not_ready")

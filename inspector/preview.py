@@ -1,6 +1,6 @@
 """The worker's previews (README "The operator's screen"): per camera at most one small JPEG per `preview.every_s`,
 the frame just finished with each class's mask in its colour, stored as the camera's latest preview under one
-Redis key with a TTL: no history, no stream growth.
+Redis key with a TTL (`prefix()`): no history, no stream growth.
 
     consumer thread:  PreviewTap.finished(records) -> per camera, due? -> (message, defects) onto a bounded queue
                       (full: dropped and counted); a dict lookup and a clock read per record, nothing else
@@ -28,7 +28,6 @@ import numpy as np
 
 from inspector import rle
 from inspector.config import Config, PreviewConfig
-from inspector.io.keys import line_key
 from inspector.protocol import Defect, FrameMessage
 
 if TYPE_CHECKING:
@@ -41,8 +40,10 @@ CLASS_BGR = {1: (40, 39, 214), 2: (44, 160, 44), 3: (180, 119, 31), 4: (28, 159,
 
 
 def prefix(cfg: Config) -> str:
-    """Where the previews live: `<prefix>:<camera>`, by default `inspect:{<line>}:preview:<camera>`."""
-    return cfg.preview.key_prefix or line_key(cfg.redis.line, "preview")
+    """Where the previews live: `<prefix>:<camera>`, by default beside the frames stream they come from, as the
+    cameras' seq state is (`inspect:{<line>}:frames:preview:<camera>`): in the line's slot, under a tool's own
+    keys when the tool has them (inspector/io/isolation.py), and under the old names for a config that keeps them."""
+    return cfg.preview.key_prefix or f"{cfg.redis.keys().frames}:preview"
 
 
 class PreviewStore(Protocol):

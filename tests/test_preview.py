@@ -119,8 +119,8 @@ def test_previews_in_redis_are_bounded(redis_url, tiny_engine) -> None:
     finally:
         pipe.close()
     assert len(events(client)) == 48
-    keys = sorted(client.scan_iter(match="inspect:{main}:preview:*"))
-    assert keys == [b"inspect:{main}:preview:top-1", b"inspect:{main}:preview:top-2"]
+    keys = sorted(client.scan_iter(match="inspect:{main}:frames:preview:*"))
+    assert keys == [b"inspect:{main}:frames:preview:top-1", b"inspect:{main}:frames:preview:top-2"]
     for key in keys:
         assert 0 < client.ttl(key) <= 20
         value = client.get(key)
@@ -139,4 +139,4 @@ def test_previews_off_leave_no_key(redis_url, tiny_engine) -> None:
         drain(pipe)
     finally:
         pipe.close()
-    assert pipe.taps == [] and not list(client.scan_iter(match="inspect:{main}:preview:*"))
+    assert pipe.taps == [] and not list(client.scan_iter(match="inspect:{main}:frames:preview:*"))

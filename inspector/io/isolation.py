@@ -19,7 +19,7 @@ def private_keys(cfg: Config, tool: str) -> Config:
     tagged = f"{run}:{{{cfg.redis.line}}}"
     return config_mod.replace(cfg, redis={"frames_key": f"{tagged}:frames", "events_key": f"{tagged}:events",
                                           "dead_key": f"{tagged}:dead", "stats_key": f"{tagged}:stats", "group": run,
-                                          "consumer": f"{run}-worker"}, preview={"key_prefix": f"{tagged}:preview"})
+                                          "consumer": f"{run}-worker"})
 
 
 def remove_keys(client: Any, cfg: Config) -> int:
