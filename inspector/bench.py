@@ -97,7 +97,8 @@ def summary(result: dict[str, Any]) -> str:
     r = result
     tol = f"within {r['keep_up_tolerance']:.0%}"
     lines = [f"{r['frames']} frames: {r['fps']} frames/s end to end, engine alone {r['engine_fps']} frames/s "
-             f"({r['backend']} on {r['device']}, batch {r['batch_size']}, metrics {'on' if r['metrics'] else 'off'})"]
+             f"({r['backend']} on {r['device']}, batch {r['batch_size']}, metrics {'on' if r['metrics'] else 'off'}, "
+             f"previews {'on' if r.get('previews') else 'off'})"]
     if r.get("offered_fps"):
         verdict = "keeps up" if r["keeps_up"] else "does NOT keep up"
         lines.append(f"offered {r['offered_fps']:g} frames/s: {verdict} ({r['fps']} measured; keeping up = {tol})")
@@ -145,8 +146,15 @@ def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, s
         "rejected": stats.counters["rejected"], "wall_s": round(wall, 3),
         "event_bytes_mean": round(stats.counters["event_bytes"] / frames) if frames else None,
         "tap_errors": stats.counters["tap_errors"], "capture": _capture_counts(pipe),
+        "previews": cfg.preview.enabled, "preview_counts": _preview_counts(pipe),
     }
     return {**result, **environment()}
+
+
+def _preview_counts(pipe: Pipeline) -> dict[str, int] | None:
+    from inspector.preview import PreviewTap
+
+    return next((dict(t.counts) for t in pipe.taps if isinstance(t, PreviewTap)), None)
 
 
 def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool], metrics: Metrics | None,

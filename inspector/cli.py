@@ -1,5 +1,5 @@
-"""Command line: `inspector run | coils | feed | events | engines | bench | demo | acl`. Parses options, calls library
-code, no logic."""
+"""Command line: `inspector run | coils | screen | feed | events | engines | bench | demo | acl`. Parses options,
+calls library code, no logic."""
 
 from __future__ import annotations
 
@@ -148,6 +148,22 @@ def coils(config_path: str | None, redis_url: str | None, burst: bool, metrics_a
 
 @main.command()
 @shared_options
+@click.option("--address", default=None, help="HOST:PORT of the page (screen.address, default 127.0.0.1:8090).")
+@click.option("--opcua-endpoint", default=None,
+              help="opc.tcp://HOST:PORT/PATH: also serve the line's state over OPC UA (opcua.endpoint).")
+@click.option("--line", default=None, help="redis.line: the line to show.")
+def screen(config_path: str | None, redis_url: str | None, address: str | None, opcua_endpoint: str | None,
+           line: str | None) -> None:
+    """The operator's live screen (previews, strip map, defects, alarms, workers) and the alarm rules; with
+    opcua.endpoint, the OPC UA server for the PLC. Until SIGTERM."""
+    from inspector.screen import app
+
+    cfg = _load(config_path, redis_url, screen__address=address, opcua__endpoint=opcua_endpoint, redis__line=line)
+    app.run(cfg)
+
+
+@main.command()
+@shared_options
 @click.option("--folder", type=click.Path(exists=True, file_okay=False), default=None,
               help="Images to send (cycled), or a dataset root holding images/; the synthetic camera without it.")
 @click.option("--encoding", type=click.Choice(["original", "gray8", "jpeg", "png"]), default="original",
@@ -269,14 +285,16 @@ def events(config_path: str | None, redis_url: str | None, follow: bool, camera:
 @click.option("--capture-every", type=int, default=0,
               help="Capture on at 1 in N frames (no cap per hour) into a temporary folder; 0: as configured.")
 @click.option("--evidence", is_flag=True, help="Evidence crops on (with capture, into the same temporary folder).")
+@click.option("--previews/--no-previews", default=None, help="Operator previews on or off (preview.enabled).")
 def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frames: int, rate: float, source: str,
           encoding: str, as_json: bool, out: str | None, with_metrics: bool, decode_threads: int | None,
-          capture_every: int, evidence: bool, **engine: Any) -> None:
+          capture_every: int, evidence: bool, previews: bool | None, **engine: Any) -> None:
     """Frames/sec end to end and engine-only, latency, per-stage times. With --redis: its own keys and group,
     removed afterwards (never the production stream)."""
     from inspector import bench as benching
 
-    cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads, **engine)
+    cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads,
+                preview__enabled=previews, **engine)
     if not logging.getLogger().isEnabledFor(logging.DEBUG):  # the warm-up and burst runs' start/stop lines
         logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
     run_bench = benching.with_redis if use_redis else benching.offline
@@ -297,14 +315,16 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
 @click.option("--bad-every", type=int, default=0, help="Make every Nth frame malformed, to see rejections.")
 @click.option("--capture", "capture_dir", type=click.Path(file_okay=False), default=None,
               help="Capture on (every policy, evidence crops) into this folder; 'temp': a temporary one.")
+@click.option("--screen-address", default=None, help="HOST:PORT of the operator's screen (screen.address).")
 def demo(config_path: str | None, redis_url: str | None, fps: float | None, seconds: float | None,
-         bad_every: int, capture_dir: str | None, **engine: Any) -> None:
-    """The whole loop: private Redis, synthetic camera, the worker, a live summary."""
+         bad_every: int, capture_dir: str | None, screen_address: str | None, **engine: Any) -> None:
+    """The whole loop: private Redis, synthetic camera, the worker, the coils service, the operator's screen, a
+    live summary."""
     import tempfile
 
     from inspector import demo as demoing
 
-    cfg = _load(config_path, redis_url, **engine)
+    cfg = _load(config_path, redis_url, screen__address=screen_address, **engine)
     logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
     if capture_dir == "temp":
         capture_dir = tempfile.mkdtemp(prefix="inspector-capture-")

@@ -367,6 +367,115 @@ class CoilsConfig:
                                   "e.g. 127.0.0.1:9109") from None
 
 
+# -- what the operator and the PLC see (README "The operator's screen") ---------------------------------------
+@dataclass(frozen=True)
+class PreviewConfig:
+    """The worker's previews: per camera at most one small JPEG per every_s, the latest only, in Redis with a TTL."""
+
+    enabled: bool = True
+    every_s: float = setting(1.0, gt=0)  # per camera, at most one preview this often
+    width: int = setting(800, ge=32, le=4096)  # px, the downscaled width (height keeps the frame's aspect)
+    quality: int = setting(70, ge=1, le=100)  # JPEG quality
+    alpha: float = setting(0.45, ge=0, le=1)  # how strongly a class's colour covers its mask's pixels
+    ttl_s: int = setting(30, ge=1)  # a camera's preview expires this long after the last one (a silent camera)
+    queue: int = setting(8, ge=1, le=1024)  # previews waiting for the render thread; when full: dropped, counted
+    max_cameras: int = setting(64, ge=1, le=4096)  # camera names previewed at most (the first seen; the rest counted)
+    key_prefix: str | None = None  # None: <redis frames key>:preview; one key <prefix>:<camera> per camera
+
+
+ALARM_KINDS = ("defect", "density", "periodic", "coverage", "camera_silent", "worker_not_ready")
+
+
+@dataclass(frozen=True)
+class AlarmRule:
+    """One alarm rule (README "Alarm rules"): it fires once when its condition starts and clears when it ends."""
+
+    name: str = ""
+    kind: str = setting("defect", choices=ALARM_KINDS)
+    class_id: int | None = setting(None, ge=1, le=4)  # defect, density, periodic: this class only (null: any)
+    surface: str | None = setting(None, choices=SURFACES)  # null: both surfaces
+    zone_mm: tuple[float, ...] = ()  # [from, to] across the strip (mm); empty: the whole width
+    min_area_mm2: float = setting(0.0, ge=0)  # defect, density: defects at least this large
+    per_metre: float | None = setting(None, gt=0)  # density: fires at this many defects per metre or more
+    window_m: float | None = setting(None, gt=0)  # defect, density: the last this many metres (null: the whole
+    #                                                coil; density needs one, default 10 m)
+    floor: float | None = setting(None, ge=0, le=1)  # coverage: fires below this fraction
+    after_m: float = setting(5.0, ge=0)  # coverage: judged once this much of the coil has passed the cameras
+    silent_s: float = setting(10.0, gt=0)  # camera_silent: no event of a camera for this long
+    min_workers: int = setting(1, ge=1)  # worker_not_ready: fewer live workers than this
+    clear_after_s: float = setting(0.0, ge=0)  # clears once its condition has been gone this long (no flapping)
+
+    def check(self) -> None:
+        where = f"alarms.rules.{self.name or '?'}"
+        if not self.name:
+            raise ConfigError("config key 'alarms.rules[].name' is missing: give every rule a name, e.g. big-dark")
+        if self.zone_mm and (len(self.zone_mm) != 2 or not self.zone_mm[0] < self.zone_mm[1]):
+            raise ConfigError(f"config key '{where}.zone_mm' is out of range: use [from, to] mm across, from < to")
+        if self.kind == "density" and self.per_metre is None:
+            raise ConfigError(f"config key '{where}.per_metre' is missing: a density rule needs defects per metre")
+        if self.kind == "coverage" and self.floor is None:
+            raise ConfigError(f"config key '{where}.floor' is missing: a coverage rule needs a fraction, e.g. 0.9")
+
+
+def _default_rules() -> tuple[AlarmRule, ...]:
+    return (AlarmRule("large-dark-region", "defect", class_id=4, min_area_mm2=10_000.0),
+            AlarmRule("defect-cluster", "density", per_metre=10.0, window_m=5.0, clear_after_s=5.0),
+            AlarmRule("roll-mark", "periodic"),
+            AlarmRule("coverage-low", "coverage", floor=0.9),
+            AlarmRule("camera-silent", "camera_silent", silent_s=10.0),
+            AlarmRule("worker-not-ready", "worker_not_ready"))
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    """Alarms as data: rules evaluated by `inspector screen`, transitions onto a bounded stream."""
+
+    key: str | None = None  # None: inspect:{<line>}:alarms (stream); <key>:active is the hash of active alarms
+    maxlen: int = setting(10_000, ge=1)  # XADD MAXLEN ~ on the alarms stream
+    rules: tuple[AlarmRule, ...] = setting(factory=_default_rules)
+
+    def check(self) -> None:
+        names = [r.name for r in self.rules]
+        for rule in self.rules:
+            validate_section(rule, "alarms.rules")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"config key 'alarms.rules.{dup[0]}' is given twice: give every rule its own name")
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """`inspector screen`: the operator's live page (HTTP + server-sent events)."""
+
+    address: str = "127.0.0.1:8090"  # HOST:PORT; 0.0.0.0 to serve the line's network (no login: see README)
+    every_s: float = setting(1.0, gt=0)  # how often Redis is read and the page updated
+    defects_shown: int = setting(12, ge=1, le=500)  # the latest defects listed
+    reports_shown: int = setting(10, ge=0, le=500)  # past coil reports linked
+    evidence_dir: str = "capture"  # where the events' evidence crop paths are relative to (capture.folder)
+
+    def check(self) -> None:
+        try:
+            parse_address(self.address)
+        except ConfigError:
+            raise ConfigError(f"config key 'screen.address' is '{self.address}': use HOST:PORT, e.g. "
+                              "127.0.0.1:8090") from None
+
+
+@dataclass(frozen=True)
+class OpcuaConfig:
+    """The OPC UA server of `inspector screen`, for the PLC / SCADA: read-only variables and alarm events."""
+
+    endpoint: str | None = None  # e.g. opc.tcp://0.0.0.0:4840/steel-inspector/; None: no OPC UA server
+    namespace: str = "urn:steel-inspector"  # the namespace URI of our nodes (its index is looked up by clients)
+
+    def check(self) -> None:
+        if self.endpoint is not None:
+            parts = urllib.parse.urlsplit(self.endpoint)
+            if parts.scheme != "opc.tcp" or not parts.hostname:
+                raise ConfigError(f"config key 'opcua.endpoint' is '{self.endpoint}': use opc.tcp://HOST:PORT/PATH, "
+                                  "e.g. opc.tcp://0.0.0.0:4840/steel-inspector/")
+
+
 @dataclass(frozen=True)
 class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -378,6 +487,10 @@ class Config:
     line: LineConfig = field(default_factory=LineConfig)
     coils: CoilsConfig = field(default_factory=CoilsConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    opcua: OpcuaConfig = field(default_factory=OpcuaConfig)
 
     def validate(self) -> Config:
         """Every section's field rules (`setting`), then its `check()` for rules that relate keys; then the keys
@@ -388,6 +501,8 @@ class Config:
                    {f: getattr(self.coils, f) for f in ("events_key", "coil_ends_key", "coils_key", "state_prefix")})
         check_keys("capture", self.redis.line, self.redis.mode == "cluster",
                    {"on_demand_key": self.capture.on_demand_key})
+        check_keys("preview", self.redis.line, self.redis.mode == "cluster", {"key_prefix": self.preview.key_prefix})
+        check_keys("alarms", self.redis.line, self.redis.mode == "cluster", {"key": self.alarms.key})
         return self
 
 

@@ -2,9 +2,10 @@
 
 A private redis-server (unless one is configured), a synthetic line of two cameras pushing frames of coils
 (ids, positions, one roll mark) at a set rate each, the engine in engines/current, the worker, the coils service
-(`inspector.line.demo`), a live summary read back from the events stream, the way a downstream system would see
-it, and one line per coil report. Pointed at an existing Redis, the demo works under keys and a group of its own
-and deletes them when it ends: the production stream is never read, trimmed or joined.
+(`inspector.line.demo`), the operator's screen (`inspector.screen`, its address printed first), a live summary read
+back from the events stream, the way a downstream system would see it, and one line per coil report. Pointed at
+an existing Redis, the demo works under keys and a group of its own and deletes them when it ends: the production
+stream is never read, trimmed or joined.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from inspector.io.redis_server import PrivateRedis
 from inspector.line.demo import LineDemo
 from inspector.pipeline import from_config
 from inspector.protocol import EVENT_FIELD, unpack_event
+from inspector.screen.app import Screen
 
 
 class Summary:
@@ -109,7 +111,7 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
     stop = threading.Event()
     client = clients.connect(cfg.redis)
     keys = cfg.redis.keys()
-    pipe = line = None
+    pipe = line = screen = None
     try:
         if cfg.capture.enabled:  # camera top-2 on demand, as an operator would ask for it
             client.sadd(cfg.capture.on_demand_key, "camera:top-2")
@@ -131,6 +133,8 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
             sent[0] += len(entries)
 
         line = LineDemo(cfg, client, out)  # coils with ids and positions, two cameras, one roll mark
+        screen, address = _screen(line.cfg, out)
+        out(f"operator's screen on {address} (previews, strip map, alarms; Ctrl-C ends the demo)")
         frames = line.frames(seed)
         feeder = threading.Thread(target=feed, args=(add_counted, frames, 10**12, fps * line.cameras, stop.is_set),
                                   daemon=True)
@@ -154,6 +158,8 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         stop.set()
         if pipe is not None:
             pipe.close()
+        if screen is not None:
+            screen.stop()
         if line is not None:
             line.cleanup()
         if server is None:
@@ -162,3 +168,16 @@ def run(cfg: Config, fps: float, seconds: float | None, bad_every: int = 0, seed
         clients.close(client)
         if server is not None:
             server.stop()
+
+
+def _screen(cfg: Config, out: Callable[[str], None]) -> tuple[Screen, str]:
+    """The screen on screen.address, or, that port taken (a demo is not a service), on a free port of that host."""
+    screen = Screen(cfg)
+    try:
+        return screen, screen.start()
+    except RuntimeError:
+        screen.close()
+    host = cfg.screen.address.rpartition(":")[0]
+    out(f"screen.address {cfg.screen.address} is in use: the screen takes a free port instead")
+    screen = Screen(config_mod.replace(cfg, screen={"address": f"{host}:0"}))
+    return screen, screen.start()

@@ -31,7 +31,7 @@ from types import FrameType
 import numpy as np
 import torch
 
-from inspector import engines
+from inspector import engines, preview
 from inspector.backends import EngineOutput
 from inspector.batching import Batcher, split_isolated
 from inspector.capture.names import annotate
@@ -613,7 +613,8 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
         from inspector import capture
         from inspector.io.memory import MemoryStreams
 
-        taps = [*taps, *capture.taps(config, metrics, redis=not isinstance(streams, MemoryStreams))]
+        taps = [*taps, *capture.taps(config, metrics, redis=not isinstance(streams, MemoryStreams)),
+                *preview.taps(config, redis=created is not None)]
     except BaseException:
         engine.backend.close()
         if created is not None:

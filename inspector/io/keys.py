@@ -10,6 +10,7 @@ requires) while several lines spread over the shards.
     inspect:{main}:stats:<consumer>           a worker's stats hash     redis.stats_key is the prefix
     <frames>:alive:<group>:<consumer>         a worker's heartbeat      (claiming reads it)
     <frames>:camera:<group>:<camera>[:seen]   a camera's seq tracking   (the publish script keeps it)
+    <frames>:preview:<camera>                 a camera's latest preview (inspector/preview.py; preview.key_prefix)
 
 Heartbeats and camera state hang off the frames stream and group they belong to: every worker that shares a
 group shares them by construction, whatever else its config says, and they carry the stream's hash tag.

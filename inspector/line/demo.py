@@ -41,7 +41,7 @@ def line_config(cfg: Config) -> Config:
     return config_mod.replace(cfg, line=line, coils={
         "events_key": cfg.redis.keys().events, "coil_ends_key": f"{run}:coil-ends", "coils_key": f"{run}:coils",
         "state_prefix": f"{run}:line", "group": f"{run}-coils", "consumer": f"{run}-coils",
-        "reports_dir": "reports/demo", "close_every_s": 0.5})
+        "reports_dir": "reports/demo", "close_every_s": 0.5}, alarms={"key": f"{run}:alarms"})
 
 
 def summary(entry: dict[str, Any]) -> str:
