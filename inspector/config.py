@@ -451,7 +451,7 @@ class ScreenConfig:
     every_s: float = setting(1.0, gt=0)  # how often Redis is read and the page updated
     defects_shown: int = setting(12, ge=1, le=500)  # the latest defects listed
     reports_shown: int = setting(10, ge=0, le=500)  # past coil reports linked
-    evidence_dir: str = "capture"  # where the events' evidence crop paths are relative to (capture.folder)
+    evidence_dir: str | None = None  # where the events' evidence crop paths are relative to; None: capture.folder
 
     def check(self) -> None:
         try:

@@ -81,7 +81,8 @@ class Screen:
             Route("/preview", self.preview), Route("/healthz", self.healthz),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Mount("/reports", StaticFiles(directory=cfg.coils.reports_dir, check_dir=False), name="reports"),
-            Mount("/evidence", StaticFiles(directory=cfg.screen.evidence_dir, check_dir=False), name="evidence"),
+            Mount("/evidence", StaticFiles(directory=cfg.screen.evidence_dir or cfg.capture.folder, check_dir=False),
+                  name="evidence"),
         ], lifespan=self._lifespan)
 
     # -- the loop side -----------------------------------------------------------------------------------
