@@ -5,8 +5,9 @@ writes (default 2 MB of frames, 1 MB of crops), for 30 minutes. A sampler measur
     python benchmarks/capture_cap.py [--seconds 1800] [--max-mb 2] [--evidence-max-mb 1]
 
 Writes benchmarks/results/capture_cap_cpu.json: the caps, the largest sizes seen, what the writer kept and
-dropped. A cap holds when the largest size seen stays within it plus one file in flight (the writer deletes the
-oldest day, then whole oldest frames, before it writes past the cap).
+dropped. A cap holds when the largest size seen stays within it: the writer deletes whole days, oldest first
+(never the day being written), and when that is not enough refuses the write (`over_cap`), so within one day
+(this run) the cap fills and later captures are dropped and counted.
 """
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ def test_from_config_wires_the_tap_and_its_metrics(tiny_engine, tmp_path) -> Non
     metrics, streams = Metrics(), MemoryStreams()
     pipe = from_config(cfg, streams, metrics=metrics)
     try:
-        assert [type(t).__name__ for t in pipe.taps] == ["CaptureTap"]
+        assert "CaptureTap" in [type(t).__name__ for t in pipe.taps]  # beside the preview tap (on by default)
         for m in frames(6):
             streams.add({FRAME_FIELD: m.pack()})
         pipe.run(burst=True, handle_signals=False)

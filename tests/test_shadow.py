@@ -78,7 +78,7 @@ def test_shadow_metrics_move_on_a_running_worker_and_live_events_stay_live(tiny_
             feed(lambda b: [streams.add(f) for f in b], messages(synthetic_payloads(0, 8), "cam-s"), 16)
             while pipe.step():
                 pass
-            wait_for(lambda: compared() >= 2, timeout=300,
+            wait_for(lambda: compared() >= 1, timeout=300,  # one in flight until its cost is known
                      what="the shadow's first comparisons (nice 19: slow on a busy machine)")
             first = compared()
             sent = 16
