@@ -378,8 +378,9 @@ main.add_command(engines)
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config: key names follow its redis / coils sections (built-in defaults without it).")
-@click.option("--role", "roles", multiple=True, type=click.Choice(["all", "camera", "worker", "coils", "reader"]),
-              default=("all",), show_default=True, help="The role(s) to print; repeat, or all.")
+@click.option("--role", "roles", multiple=True,
+              type=click.Choice(["all", "camera", "worker", "coils", "reader", "screen"]), default=("all",),
+              show_default=True, help="The role(s) to print; repeat, or all.")
 @click.option("--line", default=None, help="The line (default redis.line): users and keys are per line.")
 @click.option("--aclfile", "as_aclfile", is_flag=True, help="Print aclfile `user ...` lines instead of ACL SETUSER.")
 @click.option("--password-stdin", is_flag=True,

@@ -606,9 +606,11 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
             log.warning("engine expects %dx%d frames, camera config says %dx%d: frames of the camera size will be "
                         "rejected", *engine.backend.input_shape, config.camera.height, config.camera.width)
         if streams is None:
+            from inspector.io.acl import feature_probes
             from inspector.io.redis_streams import RedisStreams
 
-            streams = created = RedisStreams(config.redis, config.camera)
+            # the check at start covers the capture and preview taps' commands too (their own connections)
+            streams = created = RedisStreams(config.redis, config.camera, probes=feature_probes(config))
             created.wait_ready(config.redis.startup_wait_s)
         from inspector import capture
         from inspector.io.memory import MemoryStreams

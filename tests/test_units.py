@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,8 @@ from inspector.io import acl
 from inspector.io.redis_server import PrivateRedis
 
 UNITS = {"inspector.service": "inspector.service", "inspector@.service": "inspector@main-0.service",
-         "inspector-coils.service": "inspector-coils.service"}
+         "inspector-coils.service": "inspector-coils.service", "inspector-screen.service": "inspector-screen.service"}
+SHIPPED_CONFIG = ROOT / "config" / "inspector.yaml"  # what every unit's ExecStart reads
 GPU_DROP_IN = ROOT / "config" / "inspector-gpu.conf"
 JIT_DROP_IN = ROOT / "config" / "inspector-jit.conf"
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -94,13 +96,13 @@ def test_no_secret_in_environment(unit: str) -> None:
 
 @pytest.fixture(scope="module")
 def sandbox_redis(tmp_path_factory: pytest.TempPathFactory):
-    """A redis-server whose only users are an admin, worker-main and coils-main as `inspector acl` prints them."""
-    cfg = config.load(None)
+    """A redis-server whose only users are an admin, worker-main, coils-main and screen-main as `inspector acl
+    --config config/inspector.yaml` prints them (capture and previews on: the worker's user grants them)."""
+    cfg = config.load(str(SHIPPED_CONFIG))
     folder = tmp_path_factory.mktemp("units-redis")
     (folder / "users.acl").write_text(
         f"user default on #{hashlib.sha256(b'admin-pw').hexdigest()} ~* &* +@all\n"
-        + acl.role("worker", cfg).aclfile_line("worker-pw") + "\n"
-        + acl.role("coils", cfg).aclfile_line("coils-pw") + "\n")
+        + "".join(acl.role(name, cfg).aclfile_line(f"{name}-pw") + "\n" for name in ("worker", "coils", "screen")))
     server = PrivateRedis(extra=("--aclfile", str(folder / "users.acl")))
     server.start()
     yield server
@@ -113,6 +115,7 @@ def run_in_unit(tmp_path: Path, server: PrivateRedis, engine: Path, backend: str
     worker user's password) handed over as the unit's credential; returns the process and the events written."""
     admin = redis.Redis(port=server.port, password="admin-pw")
     admin.flushall()
+    admin.acl_log_reset()
     feed(redis_adder(admin, "inspect:{main}:frames"), messages(synthetic_payloads(0, 2), "cam-u"), frames)
     files = [ROOT / "config" / "inspector.service", *([drop_in] if drop_in else [])]
     d = us.service_directives(*files)
@@ -142,6 +145,9 @@ def test_worker_starts_under_the_unit_and_processes_frames(tmp_path, sandbox_red
     out, n = run_in_unit(tmp_path, sandbox_redis, tiny_engine, "onnxruntime")  # ONNX Runtime: no drop-in
     assert out.returncode == 0, out.stderr[-3000:]
     assert n == 6 and "worker-pw" not in out.stderr + out.stdout
+    # the shipped config turns capture (the on-demand set, SMEMBERS) and previews (SET ... EX) on: both granted
+    admin = redis.Redis(port=sandbox_redis.port, password="admin-pw")
+    assert admin.exists("inspect:{main}:frames:preview:cam-u") and admin.acl_log() == []
 
 
 @pytest.mark.redis
@@ -228,3 +234,60 @@ def test_line_service_starts_under_its_unit_and_writes_a_report(tmp_path, sandbo
     (report,) = entries(admin)
     assert report["coil"] == "C-ACC" and (reports / "C-ACC.json").exists() and (reports / "C-ACC.png").exists()
     assert admin.acl_log() == []
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(us.available() is not None, reason=str(us.available()))
+def test_screen_starts_under_its_unit_and_serves_its_page(tmp_path, sandbox_redis) -> None:
+    """config/inspector-screen.service: `inspector screen` as its ExecStart runs it, as screen-main, with no
+    writable path; its page answers on loopback with the line's state, its one alarm (no worker: worker-not-ready)
+    written by its user, nothing refused."""
+    import json
+    import socket
+    import urllib.request
+
+    from conftest import wait_for
+
+    admin = redis.Redis(port=sandbox_redis.port, password="admin-pw")
+    admin.flushall()
+    admin.acl_log_reset()
+    d = us.service_directives(ROOT / "config" / "inspector-screen.service")
+    assert "ReadWritePaths" not in d and "StateDirectory" not in d  # it writes no file
+    (exec_start,) = d["ExecStart"]
+    assert exec_start.split()[1:2] == ["screen"] and "--address 127.0.0.1:8090" in exec_start
+    with socket.socket() as s:  # a free port for the unit's 8090 (which may be taken on a shared test machine)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    credential = tmp_path / "redis-url"
+    credential.write_text(f"redis://screen-main:screen-pw@127.0.0.1:{sandbox_redis.port}/0\n")
+    box = us.Sandbox(d, "inspector-screen.service", read_only=PYTHON, binds={str(ROOT): "/opt/steel-inspector"})
+    argv = [sys.executable, "-m", "inspector.cli", *exec_start.split()[1:], "--address", f"127.0.0.1:{port}"]
+    bpf = box.work / "filter.bpf"
+    fd = os.open(bpf, os.O_RDONLY) if us.seccomp_filter(box.directives, bpf) else None
+    proc = subprocess.Popen(box.command(argv, {"redis-url": credential}, fd), umask=int(us.last(d, "UMask"), 8),
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "/opt/steel-inspector"},
+                            pass_fds=(fd,) if fd is not None else (), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def state() -> dict | None:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/state", timeout=5) as reply:
+                return json.loads(reply.read())
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: (state() or {}).get("alarms"), 120, "the screen's page with its alarm")
+        page = state()
+        assert page["line"] == "main" and [a["id"] for a in page["alarms"]] == ["worker-not-ready"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+            assert reply.status == 200
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+        if fd is not None:
+            os.close(fd)
+        box.cleanup()
+    assert admin.hkeys("inspect:{main}:alarms:active") == [b"worker-not-ready"] and admin.acl_log() == []
+    assert "screen-pw" not in err

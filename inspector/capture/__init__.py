@@ -42,15 +42,21 @@ def taps(config: Config, metrics: Metrics | None = None, redis: bool = False) ->
                           f"({exc.strerror or exc}): name a writable folder, or set capture.enabled false") from None
 
 
+def on_demand_key(config: Config) -> str:
+    """The on-demand set: capture.on_demand_key, else inspect:{<line>}:capture (the worker's ACL user reads it)."""
+    from inspector.io.keys import line_key
+
+    return config.capture.on_demand_key or line_key(config.redis.line, "capture")
+
+
 class OnDemand:
     """The on-demand set's members (`camera:<name>`, `coil:<id>`), read on a connection of its own; called from
     the capture writer thread only."""
 
     def __init__(self, config: Config) -> None:
         from inspector.io import client as clients
-        from inspector.io.keys import line_key
 
-        self.key = config.capture.on_demand_key or line_key(config.redis.line, "capture")
+        self.key = on_demand_key(config)
         self.client = clients.connect(config.redis)
 
     def __call__(self) -> frozenset[str]:

@@ -3,17 +3,23 @@
 
     role(name, config, line) -> Role         the rules of one role on one line: commands and key patterns
     Role.setuser() / Role.aclfile_line()     a ready-to-paste `ACL SETUSER` line, or the `user ...` line of an aclfile
-    probe(client, config)                    at worker start: every command of the worker's, once, in a form that
+    probe(client, config, consumer, extra)   at worker start: every command of the worker's, once, in a form that
                                              changes nothing; SourceRefused naming the first refused command
+    feature_probes(config)                   the probes of what the config turns on (capture's on-demand set,
+                                             previews): the `extra` of the worker's check
 
 Roles (a user per role and line, named `<role>-<line>`):
     camera   XADD to its line's frames stream, nothing else (ACL cannot forbid XADD's MAXLEN option: a camera
              that wants to can trim the frames stream; README "Security")
     worker   exactly the commands the worker and its Lua scripts run, on its line's frames, events, dead-letter,
-             stats, heartbeat and camera-state keys; DEL on its heartbeat keys only (an ACL selector)
+             stats, heartbeat and camera-state keys; DEL on its heartbeat keys only (an ACL selector); SMEMBERS
+             of capture's on-demand set (capture.enabled) and SET of its previews (preview.enabled), each in a
+             selector of its own and only when the config turns it on
     coils    the line service (inspector/line/store.py and scripts.py): its inputs, its coils stream, its state
     reader   downstream systems: read the events and coils streams, write nothing
-    screen   the operator's screen: not in this checkout yet; its rules go in `_ROLES` beside the others
+    screen   the operator's screen (inspector/screen/view.py): reads previews, events, the line service's state,
+             the workers' stats and group, the coils stream; writes only the alarms stream and its active hash,
+             from its ALARM script (XADD, HSETNX, HDEL in selectors on those two keys)
 
 Why no ACL DRYRUN at start: DRYRUN is an @admin command, and a worker user allowed to run it would be allowed
 more than it needs. `probe` runs each command instead, in a form that fails after Redis' ACL check without a
@@ -29,7 +35,7 @@ import contextlib
 import hashlib
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +45,7 @@ from inspector.config import Config, RedisConfig
 from inspector.errors import ConfigError, SourceRefused
 from inspector.io.keys import LEGACY
 
-ROLES = ("camera", "worker", "coils", "reader")
+ROLES = ("camera", "worker", "coils", "reader", "screen")
 NO_GROUP = "~acl-probe"  # a consumer group no stream has: group commands fail NOGROUP after the ACL check
 
 # Every command the worker sends, itself or from its Lua scripts (inspector/io/redis_streams.py, redis_scripts.py)
@@ -58,6 +64,13 @@ COILS_COMMANDS = ("ping", "info", "time", "multi", "exec", "evalsha", "script|lo
                   "smembers")
 CAMERA_COMMANDS = ("ping", "xadd", "client|id", "wait")  # inspector/feed.py (CLIENT ID + WAIT: --wait-replicas)
 READER_COMMANDS = ("ping", "xread", "xrange", "xrevrange", "xlen", "xinfo|stream")
+# inspector/screen/view.py, each round: GET (previews), SCAN (no camera placement: the preview keys; the heartbeat
+# and stats keys: SCAN checks no key patterns), XREAD / XREVRANGE (events, coils, alarms), HGETALL (the line
+# service's cameras and coil meta, stats, the active alarms), GETRANGE (the coil's log), XINFO GROUPS (frames);
+# EVALSHA + SCRIPT LOAD (its ALARM script, redis-py's Script); PING (health checks). The script's XADD, HSETNX and
+# HDEL go in selectors on the alarms keys.
+SCREEN_COMMANDS = ("ping", "get", "getrange", "hgetall", "scan", "xread", "xrevrange", "xinfo|groups", "evalsha",
+                   "script|load")
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,10 @@ def _worker(cfg: Config) -> tuple[str, list[str]]:
         keys.append(f"%R~{LEGACY['frames_key']}")  # the stream's name before redis.line: read to warn, never written
     selectors = [f"(~{k.events} ~{k.dead} +xadd)",  # XADD to its outputs only: no forged frames
                  f"(~{k.alive('*')} +del)"]  # a warm stop drops its heartbeat; no DEL of anything else
+    if cfg.capture.enabled:
+        selectors.append(f"(%R~{_on_demand_key(cfg)} +smembers)")  # the capture writer reads the on-demand set
+    if cfg.preview.enabled:
+        selectors.append(f"(~{_preview_prefix(cfg)}:* +set)")  # SET ... EX: each camera's latest preview
     return (f"consumer group {k.group} on {k.frames}: events to {k.events}, dead letters to {k.dead}",
             [*_commands(WORKER_COMMANDS), *_db(cfg), *_cluster(cfg), *keys, *selectors])
 
@@ -138,9 +155,33 @@ def _reader(cfg: Config) -> tuple[str, list[str]]:
              f"%R~{k.events}", f"%R~{c.coils}"])
 
 
+def _screen(cfg: Config) -> tuple[str, list[str]]:
+    from inspector.line.keys import LineKeys as CoilKeys
+    from inspector.screen.view import alarms_key
+
+    k, c, alarms = cfg.redis.keys(), CoilKeys.from_config(cfg), alarms_key(cfg)
+    reads = [f"%R~{_preview_prefix(cfg)}:*", f"%R~{k.events}", f"%R~{c.cameras}", f"%R~{c.meta('*')}",
+             f"%R~{c.log('*')}", f"%R~{k.stats('*')}", f"%R~{k.frames}", f"%R~{c.coils}"]
+    # the alarms keys read and written: EVALSHA declares them, and its key spec asks for both
+    return (f"operator's screen: reads the line's state, writes {alarms} and {alarms}:active only",
+            [*_commands(SCREEN_COMMANDS), *_db(cfg), *_cluster(cfg), *reads, f"~{alarms}", f"~{alarms}:active",
+             f"(~{alarms} +xadd)", f"(~{alarms}:active +hsetnx +hdel)"])
+
+
+def _on_demand_key(cfg: Config) -> str:
+    from inspector.capture import on_demand_key
+
+    return on_demand_key(cfg)
+
+
+def _preview_prefix(cfg: Config) -> str:
+    from inspector.preview import prefix
+
+    return prefix(cfg)
+
+
 _ROLES: dict[str, Callable[[Config], tuple[str, list[str]]]] = {
-    "camera": _camera, "worker": _worker, "coils": _coils, "reader": _reader,
-    # "screen": _screen,  the operator's screen, once it exists: what it reads, what it writes
+    "camera": _camera, "worker": _worker, "coils": _coils, "reader": _reader, "screen": _screen,
 }
 
 
@@ -188,6 +229,17 @@ def _probes(cfg: RedisConfig, consumer: str) -> list[tuple[str, list[Any]]]:
     ]
 
 
+def feature_probes(cfg: Config) -> list[tuple[str, list[Any]]]:
+    """The probes of the worker's optional parts the config turns on, each harmless like `_probes`: SMEMBERS reads;
+    SET with `EX 0` fails its argument check after the ACL check, whether or not the key exists."""
+    out: list[tuple[str, list[Any]]] = []
+    if cfg.capture.enabled:
+        out.append(("smembers", ["SMEMBERS", _on_demand_key(cfg)]))
+    if cfg.preview.enabled:
+        out.append(("set", ["SET", f"{_preview_prefix(cfg)}:~probe", "probe", "EX", 0]))
+    return out
+
+
 def refused_command(text: str) -> str | None:
     """The command a NOPERM reply names (`... to run the 'xack' command` -> XACK), `a command on one of its keys`
     for a key refusal; None when `text` is no NOPERM (an EXECABORT carries the NOPERM of the EXEC it aborted)."""
@@ -197,12 +249,14 @@ def refused_command(text: str) -> str | None:
     return found.group(1).upper() if found else "a command on one of its keys"
 
 
-def probe(client: redis.Redis, cfg: RedisConfig, consumer: str) -> None:
+def probe(client: redis.Redis, cfg: RedisConfig, consumer: str,
+          extra: Sequence[tuple[str, list[Any]]] = ()) -> None:
     """SourceRefused in one line naming the first command (and key) the worker's user may not run, and the
     `inspector acl` line that grants it; nothing if all pass. Other errors (the ones each probe provokes) pass;
-    connection errors reach the caller (a retry may help). One connection, raw replies (no reply parsing)."""
+    connection errors reach the caller (a retry may help). One connection, raw replies (no reply parsing).
+    `extra`: more probes of the same kind (`feature_probes`), run after the worker's own."""
     user = urllib.parse.unquote(urllib.parse.urlsplit(cfg.url or "").username or "") or "default"
-    probes = [*_probes(cfg, consumer), ("multi", ["MULTI"]), ("ping", ["PING"]), ("exec", ["EXEC"])]
+    probes = [*_probes(cfg, consumer), *extra, ("multi", ["MULTI"]), ("ping", ["PING"]), ("exec", ["EXEC"])]
     conn = client.connection_pool.get_connection()
     try:
         for command, args in probes:
@@ -215,6 +269,8 @@ def probe(client: redis.Redis, cfg: RedisConfig, consumer: str) -> None:
                                         else text)
                 if named is None:
                     continue  # the error the probe provokes, after the ACL check passed
+                if "run the '" not in text:  # a key refused: name the command and the key
+                    named = f"{command.split('|')[0].upper()} on {args[1] if len(args) > 1 else 'one of its keys'}"
                 if command == "multi":
                     conn.send_command("DISCARD")  # nothing queued; leave the connection as it was
                     with contextlib.suppress(redis.exceptions.ResponseError):

@@ -108,8 +108,10 @@ def classify(exc: BaseException, url: str, doing: str, grant: str | None = None)
 class RedisStreams:
     """FrameSource and EventSink over one line's streams, on a standalone Redis, a Cluster or a Sentinel set-up."""
 
-    def __init__(self, cfg: RedisConfig, camera: CameraConfig | None = None, client: Any = None) -> None:
+    def __init__(self, cfg: RedisConfig, camera: CameraConfig | None = None, client: Any = None,
+                 probes: Sequence[tuple[str, list[Any]]] = ()) -> None:
         self.cfg = cfg
+        self.probes = tuple(probes)  # the start-time check's probes of the parts beside it (acl.feature_probes)
         self.camera = camera or CameraConfig()
         self.keys = cfg.keys()
         self.name = cfg.consumer_name()
@@ -204,7 +206,7 @@ class RedisStreams:
             return
         node = clients.slot_client(self.client, self.keys.frames)
         try:
-            probe_permissions(node, self.cfg, self.name)
+            probe_permissions(node, self.cfg, self.name, self.probes)
         except (redis.RedisError, RedisClusterException) as exc:
             raise classify(exc, self.url, "checking the user's permissions") from None
         self._permitted = True
