@@ -122,7 +122,8 @@ def gate_refusal(manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """A rename or a new file in `folder` survives a power cut once this returns."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -138,7 +139,7 @@ def switch_current(root: str | Path, engine_id: str) -> None:
         tmp.unlink()
     os.symlink(engine_id, tmp)
     os.replace(tmp, root / CURRENT)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def shipped(root: str | Path) -> str | None:

@@ -195,3 +195,16 @@ def borrowed_site_packages(dest: Path) -> Path:
             if not entry.name.startswith("__editable__") and not entry.name.endswith(".pth") and not link.exists():
                 link.symlink_to(entry)
     return dest
+
+
+def engines_folder(root: Path, *engine_paths: Path) -> tuple[Path, list[str]]:
+    """An engines folder at `root` holding copies of these engine folders (no `current`); their folder names."""
+    import shutil
+
+    root.mkdir()
+    names = []
+    for path in engine_paths:
+        real = Path(os.path.realpath(path))
+        shutil.copytree(real, root / real.name)
+        names.append(real.name)
+    return root, names

@@ -4,14 +4,13 @@ engines) there and back with every frame answered once, and `current` made on fi
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import events, make_cfg, wait_for
+from conftest import engines_folder, events, make_cfg, wait_for
 
 from inspector import engines
 from inspector.cli import main as inspector_main
@@ -24,13 +23,9 @@ from trainer.cli import main as trainer_main
 @pytest.fixture
 def shipped_root(tmp_path, tiny_engine, tiny_engine_b) -> tuple[Path, str, str]:
     """An engines folder as a fresh clone has it: two engine folders, SHIPPED naming the first, no `current`."""
-    root = tmp_path / "engines"
-    root.mkdir()
-    a, b = Path(os.path.realpath(tiny_engine)), Path(os.path.realpath(tiny_engine_b))
-    shutil.copytree(a, root / a.name)
-    shutil.copytree(b, root / b.name)
-    (root / engines.SHIPPED).write_text(a.name + "\n")
-    return root, a.name, b.name
+    root, (a, b) = engines_folder(tmp_path / "engines", tiny_engine, tiny_engine_b)
+    (root / engines.SHIPPED).write_text(a + "\n")
+    return root, a, b
 
 
 def test_current_is_made_from_shipped_on_first_load(shipped_root) -> None:

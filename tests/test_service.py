@@ -4,7 +4,6 @@ engine swaps without a stop, each against a running worker, real Redis and real 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import events, make_cfg, wait_for, worker_cmd
+from conftest import engines_folder, events, make_cfg, wait_for, worker_cmd
 
 from inspector import engines
 from inspector.feed import feed, messages, redis_adder, synthetic_payloads
@@ -142,13 +141,9 @@ def test_systemd_notify_ready_watchdog_and_pings_stop_when_stuck(redis_url, tiny
 @pytest.fixture
 def two_engines(tmp_path, tiny_engine, tiny_engine_b) -> tuple[Path, str, str]:
     """An engines folder holding both tiny engines, `current` -> the first."""
-    root = tmp_path / "engines"
-    root.mkdir()
-    a, b = Path(os.path.realpath(tiny_engine)), Path(os.path.realpath(tiny_engine_b))
-    shutil.copytree(a, root / a.name)
-    shutil.copytree(b, root / b.name)
-    switch_current(root, a.name)
-    return root, engines.load(a).manifest.engine_id, engines.load(b).manifest.engine_id
+    root, (a, b) = engines_folder(tmp_path / "engines", tiny_engine, tiny_engine_b)
+    switch_current(root, a)
+    return root, engines.load(root / a).manifest.engine_id, engines.load(root / b).manifest.engine_id
 
 
 def test_engine_swap_under_load_and_a_corrupt_engine_refused(redis_url, two_engines) -> None:

@@ -51,15 +51,8 @@ def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(folder)
+    engines.fsync_dir(folder)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def parity(model: InspectionNet, folder: Path, frames: torch.Tensor, thresholds: tuple[float, ...],
@@ -161,7 +154,7 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
         _fsync_tree(staging)
         final = root / engine_id
         os.rename(staging, final)
-        _fsync_dir(root)
+        engines.fsync_dir(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
