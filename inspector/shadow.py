@@ -7,7 +7,8 @@ masks differ from the live ones on the plant's own frames, with no labels needed
         post-processing with the shadow manifest's values -> `compare` with the live defects -> Agreement
 
 Budget: the shadow may spend at most `engine.shadow_budget` of the live engine's time (the pipeline's `infer`
-seconds), measured on its own inferences; a frame is sampled only while it has credit. It never runs in the live
+seconds), measured on its own frames (CPU: the thread's CPU seconds; GPU: wall time); a frame is sampled only
+while it has credit, one at a time, so an overrun is at most one frame. It never runs in the live
 batch and never blocks the consumer: on a CPU its thread yields to every other thread (nice 19); on a GPU it runs
 on a CUDA stream of its own. Per frame, worst case: one decode, one inference, four RLE decodes and one 8-connected
 labelling per class present (~ the live path's cost per frame, paid only on sampled frames, on the shadow thread).
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from inspector.serving import ActiveEngine
 
 log = logging.getLogger(__name__)
-QUEUE_FRAMES = 16  # sampled frames waiting for the shadow thread, at most (a few ms of payload bytes each)
+QUEUE_FRAMES = 2  # sampled frames handed to the shadow thread (one is admitted at a time: see finished)
 CLASSES = 4
 
 
@@ -178,9 +179,9 @@ class ShadowTap:
             self._count += 1
             if self._count % self.every:
                 continue
-            with self._lock:  # admit at the cost the shadow's frames have taken so far; the first one alone
-                cost = self._estimate
-                admit = credit > 0 and (cost is not None or self._inflight == 0)
+            with self._lock:  # one frame at a time, reserved at the cost its forerunners took: what a frame
+                cost = self._estimate  # really costs is known before the next is admitted
+                admit = credit > 0 and self._inflight == 0
                 if admit:
                     self._credit -= cost or 0.0
                     credit = self._credit
@@ -212,6 +213,9 @@ class ShadowTap:
         from inspector.postprocess import analyse
 
         _lowest_priority()
+        # the budget is engine time taken from the live path: on a CPU this thread's own CPU seconds (time spent
+        # waiting for a core, at nice 19, costs the live engine nothing); on a GPU the wall time of its work
+        clock = time.thread_time if self.engine.backend.device.type == "cpu" else time.perf_counter
         next_summary = time.monotonic() + self.summary_s
         while True:
             try:
@@ -223,7 +227,7 @@ class ShadowTap:
             if item:
                 rec, live_model, reserved = item
                 try:
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     image = decode(rec.message, self.height, self.width)  # type: ignore[arg-type]
                     frames = torch.from_numpy(image)[None, None].to(self.engine.backend.device)
                     with torch.inference_mode(), _side_stream(frames.device):
@@ -231,7 +235,7 @@ class ShadowTap:
                         found = analyse(out.probs, out.presence, self.params)[0]
                     frame = Agreement()
                     compare(rec.defects, found, (self.height, self.width), frame)
-                    spent = time.perf_counter() - t0
+                    spent = clock() - t0
                     with self._lock:  # held for additions only: the consumer's finished() takes it too
                         self._credit += reserved - spent
                         self._estimate = spent if self._estimate is None else 0.8 * self._estimate + 0.2 * spent
