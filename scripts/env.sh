@@ -1,7 +1,8 @@
 # Sourced by scripts/test.sh, scripts/demo.sh and scripts/activate: everything a fresh Debian machine with Python
 # 3.11 needs, and safe to source into an interactive shell: the work runs in its own process (scripts/venv.sh,
 # `set -euo pipefail` there); all this file changes in the caller is PATH, and a failure returns, never exits.
-# - Debian packages when missing: redis-server, redis-sentinel, bubblewrap, chromium, chromium-driver
+# - Debian packages when missing: redis-server, redis-sentinel, bubblewrap, chromium, chromium-driver, util-linux
+#   (flock), systemd (systemd-analyze, libseccomp2)
 # - one shared virtualenv of the dependencies under ~/.cache, keyed by a hash of setup.cfg (torch stack, ~6 GB),
 #   built in place under a lock and marked complete last (`.complete`). A virtualenv cannot be moved: its scripts'
 #   #! lines and `activate` name its path, so the former "build as .partial, then rename" left bin/pip pointing at

@@ -11,9 +11,10 @@ cd "$ROOT"
 #   redis-server, redis-sentinel: tests and the demo start private servers (standalone, cluster, sentinel)
 #   bubblewrap: tests run the systemd units' sandbox settings without systemd (tests/unit_sandbox.py)
 #   chromium, chromium-driver: the operator screen's browser tests
+#   systemd (systemd-analyze; brings libseccomp2, which tests/unit_sandbox.py loads): the units' verify and score
 MISSING=""
 for pair in redis-server:redis-server redis-sentinel:redis-sentinel bwrap:bubblewrap chromium:chromium \
-            chromedriver:chromium-driver flock:util-linux; do
+            chromedriver:chromium-driver flock:util-linux systemd-analyze:systemd; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || MISSING="$MISSING ${pair#*:}"
 done
 if [ -n "$MISSING" ]; then

@@ -1,6 +1,7 @@
-"""A real browser on the screen of a running demo (`inspector demo`, the shipped demo engine): headless Debian
-chromium driven by Selenium sees each camera's preview change, the strip map draw the planted roll mark, and an
-alarm appear and clear. Its screenshot is docs/screen.png (README "The operator's screen")."""
+"""A real browser on the screen of a running demo (`inspector demo`, the shipped demo engine, capture on): headless
+Debian chromium driven by Selenium sees each camera's preview change, the strip map draw the planted roll mark,
+evidence crops beside the last defects, and an alarm appear and clear. Its screenshot is docs/screen.png (README
+"The operator's screen")."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def demo_screen(tmp_path: Path):
     """`inspector demo` in a process of its own; yields the screen's address it printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "demo", "--seconds", "240", "--threads", "1",
+                             "--capture", str(tmp_path / "capture"),  # evidence crops for the defects list
                              "--screen-address", f"127.0.0.1:{_free_port()}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
@@ -98,6 +100,10 @@ def test_screen_of_a_running_demo(demo_screen: str, browser) -> None:
     wait_for(lambda: js(counts) and "periodic marks 0" not in js(counts), 120, "a periodic mark on the strip map", 0.2)
     assert int(js("return document.getElementById('strip').dataset.boxes")) > 0
     assert js(COUNT_CLASS4) > 20  # class 4 boxes drawn in their colour
+
+    # the last defects carry their evidence crops (capture on in the demo), served from capture.folder
+    crops = "return [...document.querySelectorAll('#defects img')].filter(i => i.complete && i.naturalWidth > 0).length"
+    wait_for(lambda: js(crops) > 0, 120, "an evidence crop in the defects list", 0.2)
 
     # a closed coil is listed, and its report opens from the page
     links = "return [...document.querySelectorAll('#reports a')].map(a => a.href)"
