@@ -28,7 +28,10 @@ SHIPPED_CONFIG = ROOT / "config" / "inspector.yaml"  # what every unit's ExecSta
 GPU_DROP_IN = ROOT / "config" / "inspector-gpu.conf"
 JIT_DROP_IN = ROOT / "config" / "inspector-jit.conf"
 VENV_BIN = Path(sys.prefix) / "bin"
-PYTHON = [sys.prefix, sys.base_prefix]  # the venv and its interpreter: bound back, read-only, under ProtectHome
+# the venv, its interpreter, and the shared venv's site-packages a checkout's thin .venv reads (scripts/env.sh):
+# bound back, read-only, under ProtectHome
+PYTHON = list(dict.fromkeys([sys.prefix, sys.base_prefix, *(p for p in sys.path if p.endswith("site-packages")
+                                                            and not p.startswith(sys.prefix) and os.path.isdir(p))]))
 MAX_EXPOSURE = 2.5
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed (Debian: systemd)")
