@@ -34,3 +34,13 @@ def test_tensorrt_backend_says_how_to_get_tensorrt(tiny_engine) -> None:
             "try:\n    b.activate()\nexcept Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "EngineError" in out.stdout and "tensorrt" in out.stdout
+
+
+def test_the_cli_and_config_load_without_torch() -> None:
+    """`inspector --help`, `inspector acl` and a config check pay nothing for torch (1.6 s here): heavy imports
+    live in the functions that need them."""
+    code = ("import sys\nimport inspector.cli, trainer.cli\nfrom inspector import config\n"
+            "config.load(None, 'redis://127.0.0.1:6379/0', engine__backend='onnxruntime', engine__device='cpu')\n"
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'cv2', 'tensorrt', 'cupy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-3000:]

@@ -17,8 +17,6 @@ import functools
 import importlib
 from dataclasses import dataclass
 
-import torch
-
 from inspector.backends.base import Backend, EngineOutput
 from inspector.engines import EngineFolder
 from inspector.errors import ConfigError
@@ -54,6 +52,8 @@ class Host:
     @classmethod
     @functools.cache
     def detect(cls) -> Host:
+        import torch  # here, not at import: the CLI and config validation read the tables without torch
+
         cuda = torch.cuda.is_available()
         ort_cuda = trt = False
         if cuda:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from inspector.engines import EngineFolder
 from inspector.errors import EngineError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Backend(ABC):
                  graph_batches: tuple[int, ...] = ()) -> None:
         self.engine = engine
         self.manifest = engine.manifest
+        import torch
+
         self.device = torch.device(device)
         self.threads = threads
         self.fp16 = fp16
@@ -56,6 +59,8 @@ class Backend(ABC):
     def infer(self, frames: torch.Tensor) -> EngineOutput:
         if not self.active:
             raise EngineError(f"{self.name} backend used before activate()")
+        import torch  # imported at activate() already: a dict lookup here
+
         n = frames.shape[0]
         expected = (1, *self.input_shape)
         if frames.dtype != torch.uint8 or tuple(frames.shape[1:]) != expected:
