@@ -360,11 +360,7 @@ class CoilsConfig:
 
     def check(self) -> None:
         if self.metrics_address is not None:
-            try:
-                parse_address(self.metrics_address)
-            except ConfigError:
-                raise ConfigError(f"config key 'coils.metrics_address' is '{self.metrics_address}': use HOST:PORT, "
-                                  "e.g. 127.0.0.1:9109") from None
+            parse_address(self.metrics_address, "coils.metrics_address", "127.0.0.1:9109")
 
 
 # -- what the operator and the PLC see (README "The operator's screen") ---------------------------------------
@@ -454,11 +450,7 @@ class ScreenConfig:
     evidence_dir: str | None = None  # where the events' evidence crop paths are relative to; None: capture.folder
 
     def check(self) -> None:
-        try:
-            parse_address(self.address)
-        except ConfigError:
-            raise ConfigError(f"config key 'screen.address' is '{self.address}': use HOST:PORT, e.g. "
-                              "127.0.0.1:8090") from None
+        parse_address(self.address, "screen.address", "127.0.0.1:8090")
 
 
 @dataclass(frozen=True)
@@ -559,13 +551,15 @@ def parse_host_port(address: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """`HOST:PORT` (or `:PORT`, which listens on loopback only) -> (host, port), or ConfigError naming
-    metrics.address. Listening on every interface takes an explicit 0.0.0.0 (README "Security")."""
+METRICS_HINT = "127.0.0.1:9108 (0.0.0.0:9108 to let a Prometheus on another machine scrape it)"
+
+
+def parse_address(address: str, key: str = "metrics.address", hint: str = METRICS_HINT) -> tuple[str, int]:
+    """`HOST:PORT` (or `:PORT`, which listens on loopback only) -> (host, port), or ConfigError naming `key`
+    with the example `hint`. Listening on every interface takes an explicit 0.0.0.0 (README "Security")."""
     host, _, port = address.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"config key 'metrics.address' is '{address}': use HOST:PORT, e.g. 127.0.0.1:9108 "
-                          "(0.0.0.0:9108 to let a Prometheus on another machine scrape it)")
+        raise ConfigError(f"config key '{key}' is '{address}': use HOST:PORT, e.g. {hint}")
     return host or LOOPBACK, int(port)
 
 

@@ -316,7 +316,7 @@ def run(cfg: Config, burst: bool = False) -> LineStats:
     """The service with its metrics/health server and systemd notify; teardown on every exit path."""
     health = Health(cfg.metrics.live_timeout_s)
     metrics = LineMetrics() if cfg.coils.metrics_address else None
-    server = serve(parse_address(cfg.coils.metrics_address), app(health, metrics.wsgi())) \
+    server = serve(parse_address(cfg.coils.metrics_address, "coils.metrics_address"), app(health, metrics.wsgi())) \
         if cfg.coils.metrics_address and metrics is not None else None
     service = LineService(cfg, stats=LineStats(metrics), health=health, notifier=Notifier())
     try:

@@ -169,7 +169,7 @@ class Screen:
 
     def serve(self) -> None:
         """In this thread until SIGTERM / SIGINT (uvicorn's own handlers)."""
-        host, port = parse_address(self.cfg.screen.address)
+        host, port = parse_address(self.cfg.screen.address, "screen.address")
         log.info("screen on http://%s:%d/ (line %s)%s", host, port, self.cfg.redis.line,
                  f"; OPC UA on {self.cfg.opcua.endpoint}" if self.cfg.opcua.endpoint else "")
         try:
@@ -179,7 +179,7 @@ class Screen:
 
     def start(self, timeout_s: float = 30.0) -> str:
         """In a thread of its own (the demo, tests); returns the page's address once it listens."""
-        host, port = parse_address(self.cfg.screen.address)
+        host, port = parse_address(self.cfg.screen.address, "screen.address")
         server = self._uvicorn(host, port)
         self._thread = threading.Thread(target=server.run, name="screen", daemon=True)
         self._thread.start()
