@@ -615,8 +615,8 @@ def from_config(config: Config, streams: object | None = None, health: Health | 
         from inspector import capture
         from inspector.io.memory import MemoryStreams
 
-        taps = [*taps, *capture.taps(config, metrics, redis=not isinstance(streams, MemoryStreams)),
-                *preview.taps(config, redis=created is not None)]
+        on_redis = not isinstance(streams, MemoryStreams)  # the taps' own Redis connections, or in-memory twins
+        taps = [*taps, *capture.taps(config, metrics, redis=on_redis), *preview.taps(config, redis=on_redis)]
     except BaseException:
         engine.backend.close()
         if created is not None:
