@@ -3,7 +3,6 @@ operator's mistakes, each against real private redis-servers."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import subprocess
@@ -311,12 +310,16 @@ def test_redis_stopped_15_s_and_restarted_with_aof_nothing_lost(tiny_engine, wor
     added: list[str] = []
     stop = threading.Event()
 
+    failed = [0]
+
     def camera() -> None:  # keeps sending through the outage; a frame counts once XADD succeeded
         for msg in messages(synthetic_payloads(0, 4), "cam-o"):
             if stop.is_set():
                 return
-            with contextlib.suppress(redis.RedisError):
+            try:
                 added.append(client.xadd("inspect:{main}:frames", {FRAME_FIELD: msg.pack()}).decode())
+            except redis.RedisError:  # not answered: as the server halted, it may still have stored it
+                failed[0] += 1
             time.sleep(0.05)
 
     worker = subprocess.Popen(worker_cmd(url, tiny_engine), env=worker_env, stdout=subprocess.DEVNULL,
@@ -335,7 +338,8 @@ def test_redis_stopped_15_s_and_restarted_with_aof_nothing_lost(tiny_engine, wor
         time.sleep(1)
         assert worker.poll() is None, worker.stderr.read().decode()[-2000:]
         got = [e["entry_id"] for e in events(client)]
-        assert sorted(got) == sorted(added) and len(set(got)) == len(got)
+        assert set(added) <= set(got) and len(set(got)) == len(got)  # every confirmed frame, one event each
+        assert len(got) - len(added) <= min(failed[0], 1)  # at most the XADD in flight when the server halted
         assert client.xpending("inspect:{main}:frames", "inspectors")["pending"] == 0
     finally:
         worker.send_signal(signal.SIGTERM)
