@@ -8,7 +8,7 @@ uint8 [N, 1, H, W] and the worker never normalises. The trainer trains `logits()
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from inspector.errors import EngineError
 
+TTA = ("none", "hflip")  # test-time augmentation inside the engine: none, or the mean with the mirrored frame
 CLASS_NAMES = ("pits", "vertical marks", "scratches", "dark patches")  # Severstal classes 1..4, as seen
 
 
@@ -32,6 +33,7 @@ class ModelSpec:
     scale: float = 1.0  # run the Unet at this fraction of the input size (0.5 = 4x less compute)
     mean: float = 0.3439  # pixel statistics of Severstal frames (uint8 / 255)
     std: float = 0.1365
+    tta: str = "none"  # "hflip": forward() also runs the mirrored frame and averages (2x the engine's compute)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decoder_channels": list(self.decoder_channels)}
@@ -49,6 +51,8 @@ class InspectionNet(nn.Module):
         if spec.in_channels != 1:
             raise ValueError(f"in_channels {spec.in_channels}: frames are grayscale, the model takes 1 channel "
                              "(pretrained RGB filters are summed into it)")
+        if spec.tta not in TTA:
+            raise ValueError(f"tta {spec.tta!r}: one of {', '.join(TTA)}")
         self.spec = spec
         self.unet = smp.Unet(spec.encoder, encoder_weights=None, in_channels=spec.in_channels,
                              classes=spec.classes, decoder_channels=spec.decoder_channels,
@@ -70,8 +74,14 @@ class InspectionNet(nn.Module):
         return masks, presence
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        masks, presence = self.logits(self.normalise(frames))
-        return torch.sigmoid(masks), torch.sigmoid(presence)
+        x = self.normalise(frames)
+        masks, presence = self.logits(x)
+        probs, present = torch.sigmoid(masks), torch.sigmoid(presence)
+        if self.spec.tta == "hflip":  # every class stays itself under a left-right mirror (trainer.data)
+            masks, presence = self.logits(torch.flip(x, dims=[-1]))
+            probs = (probs + torch.flip(torch.sigmoid(masks), dims=[-1])) / 2
+            present = (present + torch.sigmoid(presence)) / 2
+        return probs, present
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -79,6 +89,14 @@ class InspectionNet(nn.Module):
 
 def build(spec: ModelSpec | dict[str, Any]) -> InspectionNet:
     return InspectionNet(spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec))
+
+
+def with_tta(model: InspectionNet, tta: str) -> InspectionNet:
+    """The same weights with test-time augmentation `tta` (one of TTA) in forward(); training is unaffected."""
+    if tta not in TTA:
+        raise ValueError(f"tta {tta!r}: one of {', '.join(TTA)}")
+    model.spec = replace(model.spec, tta=tta)
+    return model
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[InspectionNet, dict[str, Any]]:

@@ -25,7 +25,7 @@ import torch
 
 from inspector import backends, engines
 from inspector.errors import EngineError
-from inspector.model import CLASS_NAMES, InspectionNet, load_checkpoint
+from inspector.model import CLASS_NAMES, InspectionNet, load_checkpoint, read_checkpoint, with_tta
 from inspector.postprocess import PostprocessParams
 from trainer import gate, tensorrt_build
 from trainer.export import INPUT, OUTPUTS, check_parity, export_onnx
@@ -84,11 +84,15 @@ def parity(model: InspectionNet, folder: Path, frames: torch.Tensor, thresholds:
 def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path = "engines", fmt: str = "auto",
           onnx_path: str | Path | None = None, max_batch: int = 32, opt_batch: int = 8, install: bool = True,
           keep_checkpoint: bool = True, gate_dir: str | Path | None = None,
-          gate_rules: GateRules | None = None) -> Path:
+          gate_rules: GateRules | None = None, tta: str | None = None) -> Path:
     """Build, check and (by default) install an engine; returns its folder. EngineError when parity fails or,
-    with `gate_dir`, when the quality gate refuses it (nothing installed either way)."""
+    with `gate_dir`, when the quality gate refuses it (nothing installed either way). `tta` (model.TTA) puts
+    test-time augmentation inside the engine; None keeps the checkpoint's own."""
     checkpoint = Path(checkpoint)
     model, ckpt = load_checkpoint(str(checkpoint))
+    if tta is not None and tta != model.spec.tta:
+        with_tta(model, tta)
+        ckpt = {**ckpt, "spec": model.spec.as_dict()}
     if fmt == "auto":
         fmt = "tensorrt" if tensorrt_build.available() else "onnx"
     height, width = frames.shape[-2:]
@@ -127,7 +131,9 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
                 shutil.copyfile(fp32, staging / "model.onnx")
             trt_versions = {}
             engine_file, precision, device = "model.onnx", "fp32", "cpu"
-        if keep_checkpoint:
+        if keep_checkpoint and ckpt["spec"] != read_spec(checkpoint):  # --tta changed it: the copy says so
+            torch.save(ckpt, staging / "checkpoint.pt")
+        elif keep_checkpoint:
             shutil.copyfile(checkpoint, staging / "checkpoint.pt")
         tuned = PostprocessParams.resolve(None, ckpt.get("postprocess"))
         manifest = _manifest(engine_id, fmt, engine_file, precision, staging, height, width, max_batch, tuned,
@@ -161,6 +167,10 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
     if install:
         switch_current(root, engine_id)
     return final
+
+
+def read_spec(checkpoint: Path) -> dict[str, Any]:
+    return read_checkpoint(checkpoint)["spec"]
 
 
 def _manifest(engine_id: str, fmt: str, engine_file: str, precision: str, folder: Path, height: int, width: int,

@@ -133,6 +133,9 @@ def check(data: tuple[str, ...]) -> None:
 @click.option("--device", default=None)
 @click.option("--encoder-weights", default=None,
               help="'imagenet' (weights shipped in an installed package) or a local file; nothing is downloaded.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from this checkpoint's weights (same encoder and decoder): fine-tune the engine in service "
+                   "on new frames, or a synthetic pretrain on real ones. A new schedule, unlike --resume.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None, help="A last.pt to resume.")
 @handled
 def train(data: tuple[str, ...], shares: tuple[float, ...], out: str, config_path: str | None, resume: str | None,
@@ -313,11 +316,15 @@ def shadow_report(report: str, as_json: bool) -> None:
               help="Per class: Dice the candidate may lose against all-empty and the engine in service.")
 @click.option("--config", "config_path", default="config/trainer.yaml", show_default=True,
               help="Trainer config whose `gate` key gives the default gate folder (missing file: no default).")
+@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,
+              help="Test-time augmentation inside the engine: hflip averages each frame with its mirror image "
+                   "(2x the engine's compute; benchmarks/train_real.py says whether it helps). Default: the "
+                   "checkpoint's own (none unless its spec says otherwise).")
 @handled
 def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: str, data: str | None,
                  parity_frames: int, max_batch: int, opt_batch: int, no_install: bool, gate_dir: str | None,
                  no_gate: bool, gate_margin: float, gate_tolerance: float, gate_class_tolerance: float,
-                 config_path: str) -> None:
+                 config_path: str, tta: str | None) -> None:
     """Build the engine the worker loads, check parity and quality, install it atomically as engines/current."""
     import numpy as np
     import torch
@@ -340,7 +347,7 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
     rules = GateRules(gate_margin, gate_tolerance, gate_class_tolerance)
     before = current_id(engines_dir) if Path(engines_dir).is_dir() else None
     folder = build(checkpoint, frames, engines_dir, fmt, onnx_path, max_batch, opt_batch, install=not no_install,
-                   gate_dir=None if no_gate else gate_dir, gate_rules=rules)
+                   gate_dir=None if no_gate else gate_dir, gate_rules=rules, tta=tta)
     manifest = json.loads((folder / "manifest.json").read_text())
     p = manifest["parity"]
     click.echo(f"parity vs FP32 PyTorch on {p['frames']} {'of ' + data if data else 'synthetic'} frames: Dice per "
@@ -357,9 +364,13 @@ def build_engine(checkpoint: str, onnx_path: str | None, engines_dir: str, fmt: 
             click.echo(f"warning: {gate['warning']}", err=True)
     val = manifest.get("validation") or {}
     if "mean_dice" in val:
-        click.echo(f"the checkpoint's validation score (its run's val split, {val.get('images')} frames): mean Dice "
+        where = val.get("kind") or "its run's val split"
+        click.echo(f"the checkpoint's validation score ({where}, {val.get('images')} frames): mean Dice "
                    f"{val['mean_dice']:.4f}, all-empty {val.get('all_empty_baseline', float('nan')):.4f}")
-    click.echo(f"engine {folder.name}: {manifest['format']} {manifest['precision']}, file {folder / manifest['file']}")
+    inside = manifest["model"].get("tta", "none")
+    tta_note = f", test-time augmentation {inside}" if inside != "none" else ""
+    click.echo(f"engine {folder.name}: {manifest['format']} {manifest['precision']}{tta_note}, file "
+               f"{folder / manifest['file']}")
     if no_install:
         click.echo(f"built, not installed (engines/current unchanged): `trainer engines use {folder.name}` installs it")
     else:

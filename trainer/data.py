@@ -239,6 +239,26 @@ def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> t
     return train, val
 
 
+def stratified_folds(samples: list[Sample], k: int, seed: int) -> list[list[Sample]]:
+    """`k` folds for cross-validation, dealt per class combination (in a shuffled order, continuing round the
+    folds from group to group), so every class lands in as many folds as it has frames, up to `k`, and fold
+    sizes differ by at most one."""
+    if k < 2 or k > len(samples):
+        raise ValueError(f"{k} folds need 2 <= k <= {len(samples)} (the number of frames)")
+    groups: dict[tuple[int, ...], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.classes].append(s)
+    rng = np.random.default_rng(seed)
+    folds: list[list[Sample]] = [[] for _ in range(k)]
+    turn = 0
+    for key in sorted(groups, key=lambda c: (len(groups[c]), c)):  # rarest first: they get distinct folds
+        group = groups[key]
+        for i in rng.permutation(len(group)):
+            folds[turn % k].append(group[i])
+            turn += 1
+    return folds
+
+
 def combination_counts(samples: list[Sample]) -> Counter[tuple[int, ...]]:
     return Counter(s.classes for s in samples)
 

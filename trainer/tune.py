@@ -23,43 +23,94 @@ from trainer.evaluate import predict
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_COMPONENT = (0, 50, 100, 200, 400, 800)
-MIN_CLASS = (0, 200, 400, 600, 900, 1500, 2500)
-PRESENCE = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_CLASS = (0, 200, 400, 600, 900, 1500, 2500, 4000)
+PRESENCE = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+OFF = 256 * 1600 + 1  # min_class_area above a whole frame: the class is never reported ("off")
+
+# per class, per threshold: (component areas, their overlaps with the truth, truth area, presence) of one frame
+FrameStats = list[dict[float, tuple[np.ndarray, np.ndarray, int, float]]]
 
 
 def tune(model: InspectionNet, samples: list[Sample], device: torch.device | str = "cpu",
-         weights: dict[str, float] | None = None) -> tuple[PostprocessParams, dict[str, Any]]:
+         weights: dict[str, float] | None = None, min_gain: float = 0.0) -> tuple[PostprocessParams, dict[str, Any]]:
     """Best post-processing per class on `samples`; `weights` (image id -> weight) weigh the frames, e.g. so
-    that a few real frames count as much as many synthetic ones."""
-    # per class, per threshold, per image: (component areas, overlaps with truth, truth area, presence)
-    stats: list[dict[float, list[tuple[np.ndarray, np.ndarray, int, float]]]] = [
-        {t: [] for t in THRESHOLDS} for _ in range(4)]
-    frame_weights = []
-    for sample, probs, presence in predict(model, samples, device):
-        frame_weights.append(1.0 if weights is None else weights[sample.image_id])
-        truth = masks_of(sample).astype(bool)
-        for k in range(4):
-            p = probs[k].astype(np.float32)
-            for t in THRESHOLDS:
-                labels, comp = label_cpu(rules.foreground(p, f32(t)))
-                overlap = np.bincount(labels[truth[k]], minlength=len(comp))
-                stats[k][t].append((comp[1:, 4], overlap[1:], int(truth[k].sum()), float(presence[k])))
+    that a few real frames count as much as many synthetic ones. See `choose` for `min_gain`."""
+    stats = [frame_stats(sample, probs, presence) for sample, probs, presence in predict(model, samples, device)]
+    return choose(stats, None if weights is None else [weights[s.image_id] for s in samples], min_gain)
+
+
+def frame_stats(sample: Sample, probs: np.ndarray, presence: np.ndarray) -> FrameStats:
+    """What every post-processing choice needs to know about one predicted frame: components are labelled once
+    per threshold, and each (component minimum, class minimum, presence) choice only selects among them."""
+    truth = masks_of(sample).astype(bool)
+    out: FrameStats = []
+    for k in range(4):
+        p = probs[k].astype(np.float32)
+        per_threshold = {}
+        for t in THRESHOLDS:
+            labels, comp = label_cpu(rules.foreground(p, f32(t)))
+            overlap = np.bincount(labels[truth[k]], minlength=len(comp))
+            per_threshold[t] = (comp[1:, 4], overlap[1:], int(truth[k].sum()), float(presence[k]))
+        out.append(per_threshold)
+    return out
+
+
+def choose(stats: list[FrameStats], weights: list[float] | None = None,
+           min_gain: float = 0.0) -> tuple[PostprocessParams, dict[str, Any]]:
+    """Best (threshold, component minimum, class minimum, presence) per class over the frames' `stats`.
+
+    Reporting nothing for a class ("off": OFF as its class minimum) is always a candidate, and wins unless the
+    best setting beats it by more than `min_gain` on these frames: a class the model cannot find better than
+    "no defect" on the tuning frames is not reported on the line, where its false positives would cost more."""
+    weights = weights or [1.0] * len(stats)
     best: dict[str, list[Any]] = {"thresholds": [], "min_component_area": [], "min_class_area": [],
                                   "presence_threshold": []}
-    scores = []
+    scores, off_scores = [], []
     for k in range(4):
-        top = (-1.0, None)
+        rows = {t: [frame[k][t] for frame in stats] for t in THRESHOLDS}
+        off = _class_score(rows[THRESHOLDS[0]], 0, OFF, 0.0, weights)
+        top = (-1.0, (THRESHOLDS[0], 0, OFF, 0.0))
         for t in THRESHOLDS:
             for mc, mk, pr in itertools.product(MIN_COMPONENT, MIN_CLASS, PRESENCE):
-                score = _class_score(stats[k][t], mc, mk, pr, frame_weights)
+                score = _class_score(rows[t], mc, mk, pr, weights)
                 if score > top[0] + 1e-12:
                     top = (score, (t, mc, mk, pr))
-        t, mc, mk, pr = top[1]  # type: ignore[misc]
-        for key, value in zip(best, (t, mc, mk, pr), strict=True):
+        if top[0] <= off + min_gain:
+            top = (off, (0.5, 0, OFF, 0.0))
+        for key, value in zip(best, top[1], strict=True):
             best[key].append(value)
         scores.append(top[0])
+        off_scores.append(off)
     params = PostprocessParams(**{k: tuple(v) for k, v in best.items()})
-    return params, {"dice_per_class": scores, "mean_dice": float(np.mean(scores)), "images": len(samples)}
+    return params, {"dice_per_class": scores, "mean_dice": float(np.mean(scores)), "images": len(stats),
+                    "all_empty_per_class": off_scores, "off": [mk == OFF for mk in best["min_class_area"]]}
+
+
+def score(stats: list[FrameStats], params: PostprocessParams, weights: list[float] | None = None) -> list[float]:
+    """Per-class competition metric of `params` on the frames' `stats` (its thresholds must be in THRESHOLDS)."""
+    weights = weights or [1.0] * len(stats)
+    return [_class_score([frame[k][params.thresholds[k]] for frame in stats], params.min_component_area[k],
+                         params.min_class_area[k], params.presence_threshold[k], weights) for k in range(4)]
+
+
+def frame_scores(stats: list[FrameStats], params: PostprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame and class: the Dice `params` gets (frames, 4), and whether the class is reported (frames, 4);
+    the same rules as `score`, kept per frame for pooling and presence precision / recall."""
+    dice = np.zeros((len(stats), 4))
+    reported = np.zeros((len(stats), 4), dtype=bool)
+    for i, frame in enumerate(stats):
+        for k in range(4):
+            areas, overlaps, truth_area, pres = frame[k][params.thresholds[k]]
+            keep = rules.keep_components(areas, params.min_component_area[k])
+            area = int(areas[keep].sum())
+            if not rules.present(f32(pres), f32(params.presence_threshold[k])) or \
+                    not rules.keep_class(area, params.min_class_area[k]):
+                area, inter = 0, 0
+            else:
+                inter = int(overlaps[keep].sum())
+            dice[i, k] = 1.0 if area + truth_area == 0 else 2.0 * inter / (area + truth_area)
+            reported[i, k] = area > 0
+    return dice, reported
 
 
 def _class_score(rows: list[tuple[np.ndarray, np.ndarray, int, float]], min_comp: int, min_class: int,
@@ -99,7 +150,8 @@ def table(params: PostprocessParams, result: dict[str, Any]) -> str:
     lines = ["class  threshold  min component px  min class px  presence  Dice (tuned frames)"]
     for k in range(4):
         lines.append(f"  {k + 1}      {params.thresholds[k]:.2f}       {params.min_component_area[k]:>6}        "
-                     f"{params.min_class_area[k]:>6}       {params.presence_threshold[k]:.2f}      "
+                     f"{params.min_class_area[k] if params.min_class_area[k] < OFF else 'off':>6}       "
+                     f"{params.presence_threshold[k]:.2f}      "
                      f"{result['dice_per_class'][k]:.4f}")
     lines.append(f"mean Dice on the {result['images']} tuning frames: {result['mean_dice']:.4f} (optimistic: "
                  "chosen on these frames; `trainer evaluate` on frames it did not see says more)")
