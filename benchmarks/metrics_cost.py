@@ -27,7 +27,7 @@ BATCH = 8
 
 
 def account(stats: Stats, now: float) -> None:
-    """One batch of 8 frames, 2 defects each, as Pipeline._account and the stage timers record it."""
+    """One batch of 8 frames, 2 defects each, as Accounting.batch and the stage timers record it."""
     for stage in STAGES:
         stats.time(stage, 0.001)
     stats.inferred(BATCH, 0.05)

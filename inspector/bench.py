@@ -34,8 +34,9 @@ from inspector.io import client as clients
 from inspector.io.isolation import private_keys, remove_keys
 from inspector.io.memory import MemoryStreams
 from inspector.metrics import Metrics
-from inspector.pipeline import Pipeline, from_config
+from inspector.pipeline import from_config
 from inspector.stats import STAGES, Stats
+from inspector.worker import Worker
 
 
 def environment() -> dict[str, Any]:
@@ -121,7 +122,7 @@ def _payloads(source: str, encoding: str) -> list[tuple[Any, ...]]:
     return synthetic_payloads(0, 32, encoding) if source == "synthetic" else folder_payloads(source, encoding)
 
 
-def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, source: str,
+def _result(cfg: Config, pipe: Worker, stats: Stats, mode: str, rate: float, source: str,
             encoding: str) -> dict[str, Any]:
     frames = stats.counters["frames"]
     wall = (stats.last_done_ts or 0.0) - (stats.first_ts or 0.0)
@@ -151,17 +152,17 @@ def _result(cfg: Config, pipe: Pipeline, stats: Stats, mode: str, rate: float, s
     return {**result, **environment()}
 
 
-def _preview_counts(pipe: Pipeline) -> dict[str, int] | None:
+def _preview_counts(pipe: Worker) -> dict[str, int] | None:
     from inspector.preview import PreviewTap
 
     return next((dict(t.counts) for t in pipe.taps if isinstance(t, PreviewTap)), None)
 
 
-def _drive(pipe: Pipeline, frames: int, feeding: Callable[[], bool], metrics: Metrics | None,
+def _drive(pipe: Worker, frames: int, feeding: Callable[[], bool], metrics: Metrics | None,
            deadline_s: float | None = None) -> tuple[Stats, bool]:
     """Run the threaded pipeline until `frames` events are out (or the feeder is gone and the stream idle, or
     `deadline_s` has passed: then a warm stop). Returns the stats and whether the deadline stopped it."""
-    pipe.stats = stats = Stats(metrics=metrics)
+    stats = pipe.reset_stats(metrics)
     expired, done = threading.Event(), threading.Event()
 
     def watch() -> None:  # stop() again every 0.2 s once past the deadline: a run() starting clears the flag
@@ -228,7 +229,7 @@ def capturing(cfg: Config, every: int, evidence: bool) -> Iterator[Config]:
                                                "sample_per_hour": 10**9, "evidence": evidence})
 
 
-def _capture_counts(pipe: Pipeline) -> dict[str, Any] | None:
+def _capture_counts(pipe: Worker) -> dict[str, Any] | None:
     """What the capture tap did over the run (warm-up included), when one ran."""
     for tap in pipe.taps:
         snapshot = getattr(tap, "snapshot", None)
@@ -238,7 +239,7 @@ def _capture_counts(pipe: Pipeline) -> dict[str, Any] | None:
     return None
 
 
-def _warm_up(pipe: Pipeline, add: Callable[[list[dict[bytes, bytes]]], None], payloads: list[Any]) -> None:
+def _warm_up(pipe: Worker, add: Callable[[list[dict[bytes, bytes]]], None], payloads: list[Any]) -> None:
     """One batch through every stage first: lazy initialisation and first-call allocations are not timed."""
     feed(add, messages(payloads, camera="warmup"), pipe.cfg.batching.batch_size)
     while pipe.step():

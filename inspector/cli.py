@@ -270,6 +270,12 @@ def events(config_path: str | None, redis_url: str | None, follow: bool, camera:
         clients.close(client)
 
 
+def _quiet_worker() -> None:
+    """The worker's info lines (start, stop, engine swaps, the periodic report) off: warnings and errors only."""
+    for name in ("inspector.worker", "inspector.pipeline", "inspector.accounting", "inspector.serving"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @main.command()
 @shared_options
 @engine_options
@@ -296,7 +302,7 @@ def bench(config_path: str | None, redis_url: str | None, use_redis: bool, frame
     cfg = _load(config_path, redis_url, batching__decode_threads=decode_threads,
                 preview__enabled=previews, **engine)
     if not logging.getLogger().isEnabledFor(logging.DEBUG):  # the warm-up and burst runs' start/stop lines
-        logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
+        _quiet_worker()
     run_bench = benching.with_redis if use_redis else benching.offline
     with benching.capturing(cfg, capture_every, evidence) as cfg:
         result = run_bench(cfg, frames, rate, source, encoding, with_metrics)
@@ -325,7 +331,7 @@ def demo(config_path: str | None, redis_url: str | None, fps: float | None, seco
     from inspector import demo as demoing
 
     cfg = _load(config_path, redis_url, screen__address=screen_address, **engine)
-    logging.getLogger("inspector.pipeline").setLevel(logging.WARNING)
+    _quiet_worker()
     if capture_dir == "temp":
         capture_dir = tempfile.mkdtemp(prefix="inspector-capture-")
     if capture_dir is not None:

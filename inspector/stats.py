@@ -2,6 +2,10 @@
 
 Every count goes through here once; with `metrics` set the same call updates the Prometheus series, so the
 numbers an operator reads in the log, in Redis and on /metrics are the same numbers.
+
+Threads: the worker's producer, consumer, engine loader and supervisor all write or read one `Stats` at once;
+counters, stage times and the run's span are under `_lock`, the latency window is a deque (appends are atomic).
+Its owner is `accounting.Accounting`, the only one that makes a new one for a running worker.
 """
 
 from __future__ import annotations

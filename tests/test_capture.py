@@ -28,10 +28,10 @@ from inspector.capture.tap import CaptureTap
 from inspector.errors import ConfigError
 from inspector.feed import synthetic_payloads
 from inspector.io.memory import MemoryStreams
-from inspector.pipeline import Pipeline
 from inspector.postprocess import PostprocessParams
 from inspector.protocol import FRAME_FIELD, Defect, FrameMessage, unpack_event
 from inspector.serving import load_engine
+from inspector.worker import Worker
 
 HOSTILE = ["../../escape", "/etc/passwd", "a\x00b", "x" * 256, ".", "..", "a/b", "a_b", "ü-ß", "C:\\win", "-rf"]
 DAY = 1_764_720_000.0  # 2025-12-03T00:00:00Z
@@ -57,7 +57,7 @@ def run_burst(tiny_engine: Path, folder: Path, msgs: list[FrameMessage], disk: D
     tap = CaptureTap(cfg.capture, disk=disk, on_demand=None if on_demand is None else lambda: on_demand)
     while on_demand is not None and tap.wanted != on_demand:  # the writer thread reads the set first
         time.sleep(0.01)
-    pipe = Pipeline(streams, streams, load_engine(cfg), cfg, taps=[tap])
+    pipe = Worker(streams, streams, load_engine(cfg), cfg, taps=[tap])
     for m in msgs:
         streams.add({FRAME_FIELD: m.pack()})
     try:
