@@ -240,9 +240,10 @@ def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> t
 
 
 def stratified_folds(samples: list[Sample], k: int, seed: int) -> list[list[Sample]]:
-    """`k` folds for cross-validation, dealt per class combination (in a shuffled order, continuing round the
-    folds from group to group), so every class lands in as many folds as it has frames, up to `k`, and fold
-    sizes differ by at most one."""
+    """`k` folds for cross-validation, dealt per class combination (rarest first, shuffled within, continuing
+    round the folds from group to group): a combination with n frames lands in min(n, k) folds, and fold sizes
+    differ by at most one. A class spread over several combinations may share a fold (class 2 of the 40 real
+    frames: 4 frames in 3 folds)."""
     if k < 2 or k > len(samples):
         raise ValueError(f"{k} folds need 2 <= k <= {len(samples)} (the number of frames)")
     groups: dict[tuple[int, ...], list[Sample]] = defaultdict(list)
