@@ -9,6 +9,7 @@ defaults in `inspector.postprocess.params`. An unknown or mistyped key raises Co
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import types
@@ -29,6 +30,11 @@ REDIS_URL_ENV = "INSPECTOR_REDIS_URL"
 REDIS_URL_CREDENTIAL = "redis-url"  # the unit's LoadCredential=redis-url:/etc/steel-inspector/redis-url
 LOOPBACK = "127.0.0.1"  # where metrics and pages listen unless an address names a host
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# Keys that moved: old (section, key) -> new (section, key). An old config still naming one keeps working, read
+# into the new place with a warning; naming both with different values is a ConfigError (from_dict, `_migrate`).
+MOVED = {("metrics", "stop_timeout_s"): ("worker", "stop_timeout_s")}
 
 
 FRAMES_TRIM = ("all_groups", "own_group", "off")
@@ -224,11 +230,20 @@ class MetricsConfig:
     address: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz; None: off (check())
     live_timeout_s: float = setting(30.0, gt=0)  # /healthz and the watchdog fail when a loop stalls this long
     report_every_s: float = setting(5.0, gt=0)  # stats hash, summary log line, systemd STATUS=
-    stop_timeout_s: float = setting(20.0, ge=0)  # a warm stop gives up publishing after this long (Redis away)
 
     def check(self) -> None:
         if self.address is not None:
             parse_address(self.address)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The runner's own settings (inspector/worker.py: threads, publish retry, warm stop); the stages' settings
+    live in their own sections."""
+
+    # a warm stop gives up publishing after this long (Redis away): the frames stay pending, re-read on restart;
+    # the producer, blocked on a full hand-off, is drained for this long plus 5 s
+    stop_timeout_s: float = setting(20.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -476,6 +491,7 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
     line: LineConfig = field(default_factory=LineConfig)
     coils: CoilsConfig = field(default_factory=CoilsConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
@@ -628,8 +644,30 @@ def from_dict(data: dict[str, Any] | None) -> Config:
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(f"unknown config section '{unknown[0]}': valid sections are {', '.join(sections)}")
+    data = _migrate(data)
     return Config(**{name: section(factory, data.get(name), name)  # type: ignore[arg-type]
                      for name, factory in sections.items()}).validate()
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each key of MOVED read into its new place (a warning naming the new key); ConfigError when
+    the old and the new key are both given and differ. A section that is not a mapping is left to section()."""
+    data = dict(data)
+    for (old_section, old_key), (new_section, new_key) in MOVED.items():
+        old, new = data.get(old_section), data.get(new_section)
+        if not isinstance(old, dict) or old_key not in old or not isinstance(new, dict | None):
+            continue
+        was, now = f"{old_section}.{old_key}", f"{new_section}.{new_key}"
+        value, new = old[old_key], dict(new or {})
+        if new_key in new and new[new_key] != value:
+            raise ConfigError(f"config keys '{was}' ({value!r}) and '{now}' ({new[new_key]!r}) differ: '{was}' "
+                              f"is the old name of '{now}'; delete '{was}' and keep the value you mean in '{now}'")
+        log.warning("config key '%s' has moved to '%s': read as '%s: %r'; rename it in the config file (the old "
+                    "name will be refused in a later release)", was, now, now, value)
+        new[new_key] = value
+        data[old_section] = {k: v for k, v in old.items() if k != old_key}
+        data[new_section] = new
+    return data
 
 
 def credential(name: str) -> str | None:

@@ -6,7 +6,7 @@
     producer    health beat; swap.switch() before each read; pipeline.read (retried while Redis is away);
                 pipeline.prepare (decode, stage, launch the engine); hand-off queue -> consumer
     consumer    pipeline.finish (post-process, outcomes); publish (retried; a warm stop gives up after
-                metrics.stop_timeout_s, the frames stay pending); accounting.batch; pipeline.tap; swap.retire
+                worker.stop_timeout_s, the frames stay pending); accounting.batch; pipeline.tap; swap.retire
     supervisor  the calling thread: Redis heartbeat, systemd watchdog and status, probes (health.redis_*, the
                 gauges), the stats report, swap.due() -> swap.load_in_background() (the engine-loader thread)
     signals     SIGTERM / SIGINT: first a warm stop (`_stop`), then exit at once; SIGHUP: swap.request_reload()
@@ -21,6 +21,10 @@ so the engine on batch k overlaps the post-processing of batch k-1. Who owns wha
     the engine          serving.EngineSwap (its docstring); `engine` reads it under the swap's lock
     counts and logs     accounting.Accounting (one lock)
     stage state         pipeline.Pipeline (the producer's and the consumer's parts never overlap)
+
+Settings: the runner's own come from the config's `worker:` section (cfg.worker.stop_timeout_s); the rest of
+the config it reads only to wire and pace what it drives (batching.ring_depth sizes the hand-off, the supervisor
+keeps metrics.report_every_s and engine.watch_every_s).
 
 Retry has one policy, here: capped exponential backoff (redis-py's ExponentialBackoff, as the coils service and
 the Redis client use), from BACKOFF_S[0] up to BACKOFF_S[1], counted in `reconnects` and logged by accounting.
@@ -126,7 +130,7 @@ class Worker:
 
     # -- the runner's own step: publish, retried --------------------------------------------------------
     def _publish(self, outcomes: list[Outcome], beat: str) -> Published | SourceUnavailable:
-        """Publish, retrying while Redis is away; during a warm stop give up after metrics.stop_timeout_s and
+        """Publish, retrying while Redis is away; during a warm stop give up after worker.stop_timeout_s and
         return the last error (the frames stay pending and are re-read on restart). SourceRefused is not retried."""
         failures = 0
         give_up: float | None = None
@@ -136,7 +140,7 @@ class Worker:
             except SourceUnavailable as exc:
                 self.health.beat(beat)  # waiting on Redis is not a hang
                 if self._stop.is_set():
-                    give_up = give_up or time.monotonic() + self.cfg.metrics.stop_timeout_s
+                    give_up = give_up or time.monotonic() + self.cfg.worker.stop_timeout_s
                     if time.monotonic() >= give_up or self._abort.is_set():
                         return exc
                 wait = backoff_s(failures)
@@ -268,7 +272,7 @@ class Worker:
 
     def _drain(self, producer: threading.Thread, handoff: queue.Queue[Batch | Retire | None]) -> None:
         """Unblock a producer left waiting on a full hand-off: its batches stay pending, re-read on restart."""
-        deadline = time.monotonic() + self.cfg.metrics.stop_timeout_s + 5
+        deadline = time.monotonic() + self.cfg.worker.stop_timeout_s + 5
         while producer.is_alive() and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 left = handoff.get_nowait()
@@ -341,7 +345,7 @@ class Worker:
             if gave_up is not None:
                 left = 1 + sum(isinstance(x, Batch) for x in list(handoff.queue))
                 log.warning("%s: warm stop: Redis still away after %g s (%s): %d batch(es) left pending, re-read on "
-                            "restart", self.name, self.cfg.metrics.stop_timeout_s, gave_up, left)
+                            "restart", self.name, self.cfg.worker.stop_timeout_s, gave_up, left)
                 return
 
     def _install_signals(self) -> dict[int, object]:

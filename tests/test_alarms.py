@@ -127,7 +127,7 @@ def test_shipped_yaml_states_the_defaults() -> None:
     from conftest import ROOT
 
     shipped, built_in = config_mod.load(ROOT / "config" / "inspector.yaml"), config_mod.from_dict({})
-    for section in ("preview", "alarms", "screen", "opcua"):
+    for section in ("worker", "preview", "alarms", "screen", "opcua"):
         assert getattr(shipped, section) == getattr(built_in, section), section
 
 

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from inspector import config
@@ -73,3 +75,33 @@ def test_redis_url_credential_sits_between_yaml_and_environment(tmp_path, monkey
 ])
 def test_metrics_listen_on_loopback_unless_a_host_is_named(address: str, expected: tuple[str, int]) -> None:
     assert config.parse_address(address) == expected
+
+
+def test_a_moved_key_is_read_in_its_new_place_with_a_warning(tmp_path, caplog) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("metrics:\n  report_every_s: 7\n  stop_timeout_s: 3\n")
+    with caplog.at_level(logging.WARNING, logger="inspector.config"):
+        cfg = config.load(path)
+    assert cfg.worker.stop_timeout_s == 3.0 and cfg.metrics.report_every_s == 7.0
+    assert not hasattr(cfg.metrics, "stop_timeout_s")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "'metrics.stop_timeout_s'" in warned[0] and "'worker.stop_timeout_s'" in warned[0]
+    with pytest.raises(ConfigError, match=r"worker\.stop_timeout_s.*>= 0"):  # still checked, under its new name
+        config.from_dict({"metrics": {"stop_timeout_s": -1}})
+
+
+def test_a_moved_key_given_twice_agreeing_is_read_differing_is_refused() -> None:
+    assert config.from_dict({"metrics": {"stop_timeout_s": 4}, "worker": {"stop_timeout_s": 4.0}}
+                            ).worker.stop_timeout_s == 4.0
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"metrics": {"stop_timeout_s": 4}, "worker": {"stop_timeout_s": 9}})
+    text = str(err.value)
+    assert "'metrics.stop_timeout_s'" in text and "'worker.stop_timeout_s'" in text and "delete" in text
+
+
+def test_the_new_key_alone_warns_of_nothing(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="inspector.config"):
+        assert config.from_dict({"worker": {"stop_timeout_s": 2}}).worker.stop_timeout_s == 2.0
+    assert not caplog.records
+    with pytest.raises(ConfigError, match=r"unknown config key 'worker\.stop_timout_s'"):
+        config.from_dict({"worker": {"stop_timout_s": 2}})

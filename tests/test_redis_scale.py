@@ -371,7 +371,7 @@ def test_redis_restarted_empty_worker_goes_on(tiny_engine, worker_env) -> None:
 @pytest.mark.slow
 def test_warm_stop_with_redis_away_is_bounded(tiny_engine, worker_env, tmp_path) -> None:
     cfg_file = tmp_path / "w.yaml"
-    cfg_file.write_text("metrics:\n  stop_timeout_s: 3\n")
+    cfg_file.write_text("worker:\n  stop_timeout_s: 3\n")
     server = PrivateRedis(appendonly=True, extra=("--appendfsync", "always"))
     url = server.start()
     try:
