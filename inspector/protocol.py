@@ -13,13 +13,14 @@ a few comparisons and becomes one rejected event, never an exception that ends t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from inspector.errors import DecodeError
+from inspector.errors import DecodeError, describe
 
 PROTOCOL_VERSION = 2  # 2: frames may carry coil and pos_mm, events echo both (null when absent)
 FRAME_FIELD = b"f"
@@ -108,7 +109,13 @@ def unpack_event(payload: bytes) -> dict[str, Any]:
 
 
 def _name(key: bytes | str) -> str:
-    text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+    """A field name as repr, so an empty, blank or binary name is visible: 'f', ' ', b'\\xff', '' (an empty name)."""
+    if isinstance(key, bytes):
+        with contextlib.suppress(UnicodeDecodeError):  # shown as text when it is text, else as bytes
+            key = key.decode()
+    text = repr(key)
+    if not key:
+        return f"{text} (an empty name)"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -132,7 +139,7 @@ def parse_frame(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_00
     try:
         body = _unpack(payload, max_payload_bytes)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise DecodeError(f"field 'f' is not msgpack: {type(exc).__name__}: {str(exc)[:120]}") from None
+        raise DecodeError(f"field 'f' is not msgpack: {describe(exc, 120)}") from None
     if not isinstance(body, dict):
         raise DecodeError(f"field 'f' must be a msgpack map, got {type(body).__name__}")
     for key, kind in _TYPES.items():
