@@ -31,6 +31,10 @@ MAX_ID_CHARS = 256
 MAX_CAMERA_CHARS = 128
 MAX_COIL_CHARS = 64
 MAX_DEAD_FIELDS = 64  # an entry with more fields is dead-lettered as one packed `fields` value
+DEAD_LETTER_KEYS = (b"error", b"source_id", b"consumer", b"deliveries", b"fields", b"truncated")  # added by us
+# The most field/value items one dead letter can have (the original fields, at most MAX_DEAD_FIELDS, plus ours):
+# PUBLISH refuses an outcome that claims more, so its Lua never unpacks an unbounded list onto its stack.
+MAX_DEAD_ITEMS = 2 * (MAX_DEAD_FIELDS + len(DEAD_LETTER_KEYS))
 _TYPES = {"id": str, "camera": str, "seq": int, "ts": (int, float), "height": int, "width": int,
           "encoding": str, "data": bytes}
 
@@ -235,7 +239,7 @@ def dead_letter_fields(fields: dict[bytes, bytes] | None, error: str, source_id:
     cut = {k: len(v) for k, v in original.items() if len(v) > max_bytes}
     original = {k: v[:max_bytes] for k, v in original.items()}
     out: list[bytes] = []
-    reserved = {b"error", b"source_id", b"consumer", b"deliveries", b"fields", b"truncated"}
+    reserved = set(DEAD_LETTER_KEYS)
     if len(original) > MAX_DEAD_FIELDS or reserved & set(original):
         packed = msgpack.packb(original, use_bin_type=True)
         if len(packed) > 4 * max_bytes:  # too big to keep whole: keep what it was made of
