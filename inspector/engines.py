@@ -6,8 +6,10 @@
     engines/SHIPPED                     tracked: the id of the demo engine shipped in the repo, which `current`
                                         points at when a checkout first loads `engines/current`
 
-The worker resolves `engines/current` at start and keeps that folder; when `current` points elsewhere its
-engine watcher loads, checks and switches to the new one between two batches (inspector.pipeline).
+The worker resolves `engines/current` at start, and keeps watching it: with `engine.watch` (on by default) it
+looks every `engine.watch_every_s` where `current` points, and when that changes (or on SIGHUP, watch on or off)
+loads, checks and switches to the new folder between two batches (inspector.serving, inspector.pipeline); a
+refused folder is not retried until `current` changes again. With watch off only SIGHUP switches.
 Called from the CLI's thread and the worker's loader thread; it holds no state.
 """
 
@@ -39,7 +41,6 @@ class Manifest:
     height: int = 256
     width: int = 1600
     max_batch: int = 32
-    class_names: tuple[str, ...] = ()
     postprocess: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -93,7 +94,7 @@ def load(path: str | Path, verify: bool = True) -> EngineFolder:
             engine_id=data["engine_id"], format=data["format"], file=data["file"], precision=data["precision"],
             input_name=inputs[0]["name"], output_names=tuple(o["name"] for o in outputs),
             height=int(inputs[0]["shape"][2]), width=int(inputs[0]["shape"][3]),
-            max_batch=int(data.get("max_batch", 32)), class_names=tuple(data.get("class_names", ())),
+            max_batch=int(data.get("max_batch", 32)),
             postprocess=data.get("postprocess", {}), sha256=data.get("sha256", ""),
             versions=data.get("versions", {}), gpu=data.get("gpu", {}), checkpoint=data.get("checkpoint"),
             raw=data)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inspector import backends, engines, synth
-from inspector.backends.tensorrt_backend import check_compatible
+from inspector.backends.tensorrt_backend import check_built_here
 from inspector.errors import EngineError, EngineMismatchError
 from trainer.build_engine import MIN_DICE, build
 from trainer.export import check_parity, export_onnx
@@ -117,12 +117,12 @@ def test_missing_engine_names_build_engine(tmp_path) -> None:
 
 def test_tensorrt_mismatch_names_the_fix() -> None:
     with pytest.raises(EngineMismatchError, match="trainer build-engine"):
-        check_compatible({"tensorrt": "10.13.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
+        check_built_here({"tensorrt": "10.13.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
                          "NVIDIA H200", "9.0")
     with pytest.raises(EngineMismatchError, match="NVIDIA L4"):
-        check_compatible({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
+        check_built_here({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
                          "NVIDIA L4", "8.9")
-    check_compatible({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
+    check_built_here({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
                      "NVIDIA H200", "9.0")
 
 

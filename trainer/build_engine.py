@@ -5,7 +5,9 @@
         -> quality gate with --gate DIR (trainer/gate.py: beats all-empty, not worse than engines/current, or refuse)
         -> manifest.json -> fsync -> rename into engines/<id> -> switch engines/current (rename of a symlink)
 
-A running worker resolved `engines/current` at start and keeps its folder; it never sees half an engine.
+A running worker watches `engines/current` (`engine.watch`, on by default; SIGHUP too) and switches to the new
+folder between two batches once it has loaded and checked it; the switch is one rename, so it never sees half an
+engine.
 """
 
 from __future__ import annotations

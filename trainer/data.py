@@ -10,7 +10,7 @@ train.csv and reviewed.txt; from then on only the reviewed images count (later c
 from __future__ import annotations
 
 import csv
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,10 +237,6 @@ def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> t
         val += [group[i] for i in order[:n_val]]
         train += [group[i] for i in order[n_val:]]
     return train, val
-
-
-def combination_counts(samples: list[Sample]) -> Counter[tuple[int, ...]]:
-    return Counter(s.classes for s in samples)
 
 
 class SteelDataset(Dataset):
