@@ -85,6 +85,7 @@ def test_tampered_weights_fail_the_parity_gate(tiny_checkpoint, tmp_path) -> Non
     assert not (root / "current").exists() and not [p for p in root.iterdir() if not p.name.startswith(".timing")]
 
 
+@pytest.mark.slow  # builds engines: 26-44 s on the 2-core CI machine
 def test_install_is_atomic_and_keeps_the_old_engine(tiny_checkpoint, tmp_path) -> None:
     root = tmp_path / "engines"
     first = build(tiny_checkpoint, frames(), root, "onnx")
