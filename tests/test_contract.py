@@ -20,11 +20,12 @@ JUMP = config.CameraConfig().max_seq_jump  # both twins run with the default cam
 class Twin:
     """A uniform handle on one implementation: add frames, open a source, see the dead letters."""
 
-    def __init__(self, kind: str, url: str | None) -> None:
+    def __init__(self, kind: str, url: str | None, **over: object) -> None:
         self.kind = kind
         self.memory = MemoryStreams(max_deliveries=4, max_seq_jump=JUMP) if kind == "memory" else None
         mode = "cluster" if kind == "cluster" else "standalone"
-        self.cfg = config.load(None, url, redis__consumer="c1", redis__max_deliveries=4, redis__mode=mode) \
+        self.cfg = config.load(None, url, redis__consumer="c1", redis__max_deliveries=4, redis__mode=mode,
+                               **over) \
             if url else None
         self.client = connect(self.cfg.redis) if url else None
         self.keys = self.cfg.redis.keys() if url else None
@@ -165,15 +166,24 @@ def test_too_many_waiting_seqs_confirm_the_gap(twin: Twin) -> None:
     assert [(g.after, g.before, g.kind) for g in reports] == [(0, 3, "gap"), (2 + MAX_WAITING_SEQS + 1, 1, "reset")]
 
 
-def test_lua_and_twin_agree_on_random_streams(redis_url) -> None:
+def test_lua_and_twin_agree_on_random_streams() -> None:
     """The same seeded streams (two cameras, gaps, repeats, restarts, jumps) through the twin and the Lua, the
     batches published in the same shuffled order: the same reports, camera by camera."""
     import random
 
-    rng = random.Random(7)
-    for _ in range(12):
-        memory, redis_twin = Twin("memory", None), Twin("redis", redis_url)
-        redis_twin.client.flushdb()
+    from inspector.io.redis_server import PrivateRedis
+
+    server = PrivateRedis()  # its own server: nothing else in the session touches it
+    url = server.start()
+    try:
+        agree_on_random_streams(url, random.Random(7))
+    finally:
+        server.stop()
+
+
+def agree_on_random_streams(url: str, rng) -> None:
+    for n in range(12):  # each stream on its own line's keys
+        memory, redis_twin = Twin("memory", None), Twin("redis", url, redis__line=f"twin-check-{n}")
         streams = {}
         for camera in ("a", "b"):
             seq, streams[camera] = rng.randrange(0, 5), []
@@ -184,7 +194,7 @@ def test_lua_and_twin_agree_on_random_streams(redis_url) -> None:
         plan = []  # the cameras interleaved at random, each in its own order
         while streams["a"] or streams["b"]:
             plan.append(streams[rng.choice([c for c in streams if streams[c]])].pop(0))
-        reports = {}
+        reports, split = {}, {}
         sizes = [rng.randrange(1, 5) for _ in range(len(plan))]
         order = None
         for twin in (memory, redis_twin):
@@ -198,12 +208,16 @@ def test_lua_and_twin_agree_on_random_streams(redis_url) -> None:
             order = order or rng.sample(range(len(batches)), len(batches))
             got: dict[str, list] = {"a": [], "b": []}
             where = {entry_id: k for k, entry_id in enumerate(ids)}
+            split[twin.kind] = [[where[e.id] for e in b] for b in batches]
             for i in order:
                 outs = [Outcome(e, b"e", None, *plan[where[e.id]]) for e in batches[i]]
-                for g in source.publish(outs).gaps:
+                published = source.publish(outs)
+                assert all(published.done), (twin.kind, i, published.done, [e.id for e in batches[i]])
+                for g in published.gaps:
                     got[g.camera].append((g.after, g.before, g.kind))
             reports[twin.kind] = got
-        assert reports["memory"] == reports["redis"], plan
+        assert split["memory"] == split["redis"]  # the same batches, so the same publishes
+        assert reports["memory"] == reports["redis"], (plan, split["memory"], order)
 
 
 def test_dead_letters_fit_the_lua_bound() -> None:

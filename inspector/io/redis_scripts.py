@@ -120,7 +120,10 @@ local function settled(entry_id)  -- nothing older than entry_id is still pendin
 end
 for camera, list in pairs(cameras) do
   local state, seen = camera_keys[camera][1], camera_keys[camera][2]
-  for _, o in ipairs(list) do redis.call('ZADD', seen, o.seq, o.id) end
+  for _, o in ipairs(list) do  -- the member is the entry id zero-padded: equal seqs then sort oldest entry first
+    local p = parse_id(o.id)
+    redis.call('ZADD', seen, o.seq, string.format('%020.0f-%020.0f', p[1], p[2]))
+  end
   local w = tonumber(redis.call('HGET', state, 'w'))
   while true do
     local head = redis.call('ZRANGE', seen, 0, 0, 'WITHSCORES')
