@@ -24,7 +24,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from inspector.errors import DecodeError
+from inspector.errors import DecodeError, describe
 from inspector.parallel import each
 from inspector.protocol import FrameMessage
 
@@ -111,8 +111,9 @@ def decode_into(msg: FrameMessage, out: np.ndarray) -> None:
     try:
         image = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     except cv2.error as exc:
-        raise DecodeError(f"{msg.encoding} data cannot be decoded: {str(exc).strip().splitlines()[-1][:160]}") \
-            from None
+        lines = str(exc).strip().splitlines()  # OpenCV's text ends with the reason; keep that line
+        raise DecodeError(f"{msg.encoding} data cannot be decoded: "
+                          f"{lines[-1][:160] if lines else describe(exc)}") from None
     if image is None:
         raise DecodeError(f"{msg.encoding} data ({len(msg.data)} bytes) cannot be decoded (truncated or corrupt)")
     if image.shape != (height, width) or image.dtype != np.uint8:
@@ -134,7 +135,7 @@ def _guarded(msg: FrameMessage, out: np.ndarray) -> str | None:
     except DecodeError as exc:
         return str(exc)
     except Exception as exc:  # a decoder bug or an input no check foresaw: still this frame's fault
-        return f"{msg.encoding} data cannot be decoded: {type(exc).__name__}: {str(exc)[:160]}"
+        return f"{msg.encoding} data cannot be decoded: {describe(exc)}"
     return None
 
 

@@ -1,13 +1,16 @@
 """Engine folders: what `trainer build-engine` installs, `... engines use` switches to, and the worker loads.
 
     engines/<engine_id>/manifest.json   id, format, precision, I/O names and shapes, post-processing, versions
-    engines/<engine_id>/<file>          model.onnx (ONNX Runtime), model.plan (TensorRT), model.pt (torch)
+    engines/<engine_id>/<file>          model.onnx (ONNX Runtime), model.plan (TensorRT), checkpoint.pt (torch):
+                                        FORMATS below, the one table of engine formats
     engines/current -> <engine_id>      symlink, switched atomically (rename); not in git (each machine's own)
     engines/SHIPPED                     tracked: the id of the demo engine shipped in the repo, which `current`
                                         points at when a checkout first loads `engines/current`
 
-The worker resolves `engines/current` at start and keeps that folder; when `current` points elsewhere its
-engine watcher loads, checks and switches to the new one between two batches (inspector.pipeline).
+The worker resolves `engines/current` at start, and keeps watching it: with `engine.watch` (on by default) it
+looks every `engine.watch_every_s` where `current` points, and when that changes (or on SIGHUP, watch on or off)
+loads, checks and switches to the new folder between two batches (inspector.serving, inspector.pipeline); a
+refused folder is not retried until `current` changes again. With watch off only SIGHUP switches.
 Called from the CLI's thread and the worker's loader thread; it holds no state.
 """
 
@@ -25,13 +28,38 @@ from inspector.errors import EngineError
 MANIFEST = "manifest.json"
 CURRENT = "current"
 SHIPPED = "SHIPPED"
-FORMATS = ("onnx", "tensorrt", "torch")  # engine file formats; inspector.backends.NATIVE maps each to its backend
+
+
+@dataclass(frozen=True)
+class EngineFormat:
+    """One engine format: the file `trainer build-engine` writes, the runtime built for it, and the device and
+    precision it is built for (the first of `devices` this machine has)."""
+
+    name: str
+    file: str  # in the engine folder
+    backend: str  # its own runtime, a key of inspector.backends.BACKENDS
+    devices: tuple[str, ...]  # built for the first one present: "cuda" needs a CUDA device
+    precision: dict[str, str]  # device -> precision of the built engine
+
+    def built_for(self, cuda: bool) -> tuple[str, str]:
+        """(device, precision) of an engine of this format built on a machine with or without CUDA."""
+        device = next((d for d in self.devices if d != "cuda" or cuda), self.devices[-1])  # none: its own, to fail
+        return device, self.precision[device]
+
+
+# The one table of engine formats: read by inspector.backends (each format's own backend), `trainer build-engine`
+# (file, device, precision) and the CLI's --format choices.
+FORMATS: dict[str, EngineFormat] = {f.name: f for f in (
+    EngineFormat("onnx", "model.onnx", "onnxruntime", ("cpu",), {"cpu": "fp32"}),
+    EngineFormat("tensorrt", "model.plan", "tensorrt", ("cuda",), {"cuda": "fp16"}),
+    EngineFormat("torch", "checkpoint.pt", "torch", ("cuda", "cpu"), {"cuda": "fp16", "cpu": "fp32"}),
+)}
 
 
 @dataclass(frozen=True)
 class Manifest:
     engine_id: str
-    format: str  # onnx | tensorrt | torch
+    format: str  # a key of FORMATS
     file: str
     precision: str
     input_name: str = "frames"
@@ -39,7 +67,6 @@ class Manifest:
     height: int = 256
     width: int = 1600
     max_batch: int = 32
-    class_names: tuple[str, ...] = ()
     postprocess: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -93,7 +120,7 @@ def load(path: str | Path, verify: bool = True) -> EngineFolder:
             engine_id=data["engine_id"], format=data["format"], file=data["file"], precision=data["precision"],
             input_name=inputs[0]["name"], output_names=tuple(o["name"] for o in outputs),
             height=int(inputs[0]["shape"][2]), width=int(inputs[0]["shape"][3]),
-            max_batch=int(data.get("max_batch", 32)), class_names=tuple(data.get("class_names", ())),
+            max_batch=int(data.get("max_batch", 32)),
             postprocess=data.get("postprocess", {}), sha256=data.get("sha256", ""),
             versions=data.get("versions", {}), gpu=data.get("gpu", {}), checkpoint=data.get("checkpoint"),
             raw=data)

@@ -48,3 +48,27 @@ class EngineMismatchError(EngineError):
 
 class WorkerFailed(InspectorError):
     """Raised by `inspector run` when a worker thread failed after start-up; systemd restarts the worker."""
+
+
+# What an exception means when it was raised without a message (msgpack raises FormatError, StackError and
+# OutOfData with an empty str()); keyed by class name, so this module imports nothing.
+_MEANINGS = {
+    "FormatError": "invalid msgpack type byte (not msgpack data)",
+    "StackError": "nesting too deep",
+    "OutOfData": "truncated data",
+    "BufferFull": "data larger than the read buffer",
+    "ExtraData": "trailing bytes after the value",
+    "RecursionError": "nesting too deep",
+    "MemoryError": "too large to hold in memory",
+}
+
+
+def describe(exc: BaseException, limit: int = 160) -> str:
+    """`Class: what went wrong` for a rejection text, never with an empty detail: an exception whose str() is
+    empty (or blank) is described by its class's meaning, else by its docstring, else as raised without a message."""
+    text = " ".join(str(exc).split())[:limit]
+    if not text:
+        cls = type(exc)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        text = _MEANINGS.get(cls.__name__) or (doc[0].rstrip(".") if doc else "raised without a message")
+    return f"{type(exc).__name__}: {text}"

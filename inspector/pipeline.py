@@ -37,7 +37,7 @@ from inspector.batching import Batcher
 from inspector.capture.names import annotate
 from inspector.config import Config
 from inspector.decode import DecodePool
-from inspector.errors import DecodeError
+from inspector.errors import DecodeError, describe
 from inspector.health import Health
 from inspector.io import Entry, FrameSource, Outcome
 from inspector.metrics import Metrics
@@ -124,7 +124,7 @@ class Pipeline:
             except DecodeError as exc:
                 rec.error = str(exc)
             except Exception as exc:  # input no check foresaw: still this frame's fault, never the worker's end
-                rec.error = f"frame cannot be parsed: {type(exc).__name__}: {str(exc)[:160]}"
+                rec.error = f"frame cannot be parsed: {describe(exc)}"
         todo = [r for r in batch.records if r.error is None]
         if not todo:
             self.accounting.timed("decode", time.perf_counter() - t0)

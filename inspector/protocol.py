@@ -13,13 +13,14 @@ a few comparisons and becomes one rejected event, never an exception that ends t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from inspector.errors import DecodeError
+from inspector.errors import DecodeError, describe
 
 PROTOCOL_VERSION = 2  # 2: frames may carry coil and pos_mm, events echo both (null when absent)
 FRAME_FIELD = b"f"
@@ -30,6 +31,10 @@ MAX_ID_CHARS = 256
 MAX_CAMERA_CHARS = 128
 MAX_COIL_CHARS = 64
 MAX_DEAD_FIELDS = 64  # an entry with more fields is dead-lettered as one packed `fields` value
+DEAD_LETTER_KEYS = (b"error", b"source_id", b"consumer", b"deliveries", b"fields", b"truncated")  # added by us
+# The most field/value items one dead letter can have (the original fields, at most MAX_DEAD_FIELDS, plus ours):
+# PUBLISH refuses an outcome that claims more, so its Lua never unpacks an unbounded list onto its stack.
+MAX_DEAD_ITEMS = 2 * (MAX_DEAD_FIELDS + len(DEAD_LETTER_KEYS))
 _TYPES = {"id": str, "camera": str, "seq": int, "ts": (int, float), "height": int, "width": int,
           "encoding": str, "data": bytes}
 
@@ -108,7 +113,13 @@ def unpack_event(payload: bytes) -> dict[str, Any]:
 
 
 def _name(key: bytes | str) -> str:
-    text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+    """A field name as repr, so an empty, blank or binary name is visible: 'f', ' ', b'\\xff', '' (an empty name)."""
+    if isinstance(key, bytes):
+        with contextlib.suppress(UnicodeDecodeError):  # shown as text when it is text, else as bytes
+            key = key.decode()
+    text = repr(key)
+    if not key:
+        return f"{text} (an empty name)"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -132,7 +143,7 @@ def parse_frame(fields: dict[bytes, bytes] | None, max_payload_bytes: int = 4_00
     try:
         body = _unpack(payload, max_payload_bytes)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise DecodeError(f"field 'f' is not msgpack: {type(exc).__name__}: {str(exc)[:120]}") from None
+        raise DecodeError(f"field 'f' is not msgpack: {describe(exc, 120)}") from None
     if not isinstance(body, dict):
         raise DecodeError(f"field 'f' must be a msgpack map, got {type(body).__name__}")
     for key, kind in _TYPES.items():
@@ -228,7 +239,7 @@ def dead_letter_fields(fields: dict[bytes, bytes] | None, error: str, source_id:
     cut = {k: len(v) for k, v in original.items() if len(v) > max_bytes}
     original = {k: v[:max_bytes] for k, v in original.items()}
     out: list[bytes] = []
-    reserved = {b"error", b"source_id", b"consumer", b"deliveries", b"fields", b"truncated"}
+    reserved = set(DEAD_LETTER_KEYS)
     if len(original) > MAX_DEAD_FIELDS or reserved & set(original):
         packed = msgpack.packb(original, use_bin_type=True)
         if len(packed) > 4 * max_bytes:  # too big to keep whole: keep what it was made of

@@ -5,6 +5,7 @@ without the package), redis, slow."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,6 +158,17 @@ def drain(pipe) -> None:
 def worker_cmd(url: str, engine: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "inspector.cli", "run", "--redis-url", url, "--engine", str(engine),
             "--batch-size", "4", "--threads", "1", *extra]
+
+
+# A rejection text whose detail is empty: "...: " at the end or before a comma, an empty "()", or a detail that
+# is only empty quotes (an exception with no text, a field name that prints as nothing).
+EMPTY_DETAIL = re.compile(r":\s*$|:\s*[,;)]|\(\s*\)|:\s*(''|\"\")\s*$")
+
+
+def assert_names_problem(text: object, what: str = "") -> None:
+    """A rejection text must say what was wrong: non-empty, and no empty detail anywhere in it."""
+    assert isinstance(text, str) and text.strip(), f"{what}: empty rejection text {text!r}"
+    assert not EMPTY_DETAIL.search(text), f"{what}: rejection text ends in an empty detail: {text!r}"
 
 
 def wait_for(condition, timeout: float = 120.0, what: str = "condition", every: float = 0.02) -> None:

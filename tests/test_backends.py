@@ -53,6 +53,13 @@ def test_every_format_has_a_native_backend_and_config_accepts_the_names() -> Non
     from inspector import config
 
     assert set(NATIVE) == set(engines.FORMATS)
+    for name, spec in engines.FORMATS.items():  # the one format table: its runtime exists and runs it there
+        assert spec.name == name and spec.backend in BACKENDS and set(spec.precision) == set(spec.devices)
+        assert set(spec.devices) <= set(BACKENDS[spec.backend].devices)
+        for cuda in (False, True):
+            device, precision = spec.built_for(cuda)
+            assert device in spec.devices and (cuda or device == "cpu" or spec.devices == ("cuda",))
+            assert precision in ("fp16", "fp32")
     for name in BACKENDS:
         assert config.load(engine__backend=name).engine.backend == name
     with pytest.raises(ConfigError, match=r"engine\.backend"):

@@ -84,6 +84,7 @@ def test_build_engine_on_a_file_that_is_no_checkpoint_is_one_line(tmp_path) -> N
     assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").iterdir())
 
 
+@pytest.mark.slow  # builds engines: 26-44 s on the 2-core CI machine
 def test_build_engine_says_parity_and_what_it_installed(tmp_path, tiny_checkpoint) -> None:
     root = tmp_path / "engines"
     first = CliRunner().invoke(trainer_main, ["build-engine", "--checkpoint", str(tiny_checkpoint), "--engines",

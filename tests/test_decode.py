@@ -136,3 +136,40 @@ def test_decode_pool_turns_any_exception_into_the_frames_error() -> None:
     errors = pool.decode([good, bad, good], outs)
     pool.close()
     assert errors[0] is None and errors[2] is None and "jpeg" in errors[1]
+
+
+def hostile_variants() -> list[dict[bytes, bytes]]:
+    """Several hundred malformed entries from one good png frame: odd field names, the packed map cut at every
+    offset of its head and at steps beyond, and seeded byte flips anywhere in it."""
+    image = (np.random.default_rng(3).random((256, 1600)) * 40 + 100).astype(np.uint8)
+    good = message(image, "png").pack()
+    entries: list[dict[bytes, bytes]] = [{}, {b"": good}, {b" ": good}, {b"\xff\x00": good}, {b"F": good},
+                                         {FRAME_FIELD: good, b"": b"1"}, {FRAME_FIELD: b""}]
+    cuts = [*range(1, 160), *range(160, len(good), max(1, len(good) // 150))]
+    entries += [{FRAME_FIELD: good[:n]} for n in cuts]
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        data = bytearray(good)
+        for at in rng.integers(0, len(data), int(rng.integers(1, 4))):
+            data[at] = int(rng.integers(0, 256))
+        entries.append({FRAME_FIELD: bytes(data)})
+    entries += [{FRAME_FIELD: b"\xc1"}, {FRAME_FIELD: b"\x91" * 5000 + b"\x00"}, {FRAME_FIELD: b"\x81\x80\x01"}]
+    return entries
+
+
+def test_every_rejection_names_the_problem() -> None:
+    from conftest import assert_names_problem
+
+    from inspector.decode import DecodePool
+
+    pool, out, texts = DecodePool(0), np.empty((256, 1600), np.uint8), []
+    for fields in hostile_variants():
+        try:
+            texts.append(pool.decode([parse_frame(fields)], [out])[0])
+        except DecodeError as exc:
+            texts.append(str(exc))
+    pool.close()
+    rejected = [t for t in texts if t is not None]
+    assert len(rejected) > 400  # most variants are rejected; a flip inside the pixels may still decode
+    for text in rejected:
+        assert_names_problem(text, "hostile entry")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inspector import backends, engines, synth
-from inspector.backends.tensorrt_backend import check_compatible
+from inspector.backends.tensorrt_backend import check_built_here
 from inspector.errors import EngineError, EngineMismatchError
 from trainer.build_engine import MIN_DICE, build
 from trainer.export import check_parity, export_onnx
@@ -85,6 +85,7 @@ def test_tampered_weights_fail_the_parity_gate(tiny_checkpoint, tmp_path) -> Non
     assert not (root / "current").exists() and not [p for p in root.iterdir() if not p.name.startswith(".timing")]
 
 
+@pytest.mark.slow  # builds engines: 26-44 s on the 2-core CI machine
 def test_install_is_atomic_and_keeps_the_old_engine(tiny_checkpoint, tmp_path) -> None:
     root = tmp_path / "engines"
     first = build(tiny_checkpoint, frames(), root, "onnx")
@@ -117,12 +118,12 @@ def test_missing_engine_names_build_engine(tmp_path) -> None:
 
 def test_tensorrt_mismatch_names_the_fix() -> None:
     with pytest.raises(EngineMismatchError, match="trainer build-engine"):
-        check_compatible({"tensorrt": "10.13.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
+        check_built_here({"tensorrt": "10.13.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
                          "NVIDIA H200", "9.0")
     with pytest.raises(EngineMismatchError, match="NVIDIA L4"):
-        check_compatible({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
+        check_built_here({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
                          "NVIDIA L4", "8.9")
-    check_compatible({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
+    check_built_here({"tensorrt": "11.0.0"}, {"name": "NVIDIA H200", "capability": "9.0"}, "11.0.0",
                      "NVIDIA H200", "9.0")
 
 

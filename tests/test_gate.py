@@ -48,6 +48,7 @@ def build(tiny_checkpoint: Path, root: Path, gate_dir: Path | None, *extra: str)
     return CliRunner().invoke(trainer, [*args, *extra])
 
 
+@pytest.mark.slow  # builds engines: 26-44 s on the 2-core CI machine
 def test_an_untrained_candidate_is_refused_with_its_figures_and_nothing_installed(tiny_checkpoint, served,
                                                                                     gate_dir) -> None:
     before = sorted(p.name for p in served.iterdir())
@@ -61,6 +62,7 @@ def test_an_untrained_candidate_is_refused_with_its_figures_and_nothing_installe
     assert os.readlink(served / "current") == current
 
 
+@pytest.mark.slow  # builds engines: 26-44 s on the 2-core CI machine
 def test_a_passing_gate_is_recorded_with_every_figure(tiny_checkpoint, served, gate_dir) -> None:
     result = build(tiny_checkpoint, served, gate_dir, *LENIENT)
     assert result.exit_code == 0, result.output
@@ -90,6 +92,7 @@ def test_the_rules_in_the_mean_and_per_class() -> None:
     assert decide(scores(0.775, [0.8, 0.9, 0.5, 0.9], empty), None, rules)[0].startswith("mean Dice")  # a tie
 
 
+@pytest.mark.slow  # builds engines: 26-44 s on the 2-core CI machine
 def test_the_worker_swaps_to_a_gated_engine_and_refuses_an_ungated_one(redis_url, tiny_checkpoint, served,
                                                                       gate_dir, caplog) -> None:
     assert build(tiny_checkpoint, served, gate_dir, *LENIENT, "--no-install").exit_code == 0

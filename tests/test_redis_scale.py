@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import drain, events, make_cfg, wait_for, worker_cmd
+from conftest import assert_names_problem, drain, events, make_cfg, wait_for, worker_cmd
 
 from inspector import config
 from inspector.decode import encode
@@ -262,6 +262,10 @@ def hostile_entries() -> dict[str, dict[bytes, bytes]]:
         "deep nesting": {FRAME_FIELD: b"\x91" * 5000 + b"\x00"},
         "payload over the limit": packed(data=bytes(5_000_000)),
         "4000 fields": {f"k{i}".encode(): b"v" for i in range(4000)},
+        "empty field name": {b"": b"1"},
+        "binary field name": {b"\xff\x00": b"1"},
+        "truncated msgpack": {FRAME_FIELD: packed()[FRAME_FIELD][:100]},
+        "map as a map key": {FRAME_FIELD: b"\x81\x80\x01"},
     }
 
 
@@ -279,7 +283,8 @@ def test_hostile_payloads_one_rejected_event_each_worker_alive(redis_url, tiny_e
     got = {e["entry_id"]: e for e in events(client)}
     assert len(got) == len(hostile) + len(good) == len(events(client))  # one event each, none twice
     for entry_id, name in ids.items():
-        assert got[entry_id]["status"] == "rejected" and got[entry_id]["error"], name
+        assert got[entry_id]["status"] == "rejected", name
+        assert_names_problem(got[entry_id]["error"], name)
         assert len(got[entry_id]["frame_id"]) <= 256, name
     assert all(got[i]["status"] == "ok" for i in good)
     dead = {f[b"source_id"].decode(): f for _, f in client.xrange("inspect:{main}:frames:dead")}

@@ -5,7 +5,9 @@
         -> quality gate with --gate DIR (trainer/gate.py: beats all-empty, not worse than engines/current, or refuse)
         -> manifest.json -> fsync -> rename into engines/<id> -> switch engines/current (rename of a symlink)
 
-A running worker resolved `engines/current` at start and keeps its folder; it never sees half an engine.
+A running worker watches `engines/current` (`engine.watch`, on by default; SIGHUP too) and switches to the new
+folder between two batches once it has loaded and checked it; the switch is one rename, so it never sees half an
+engine.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
         ckpt = {**ckpt, "spec": model.spec.as_dict()}
     if fmt == "auto":
         fmt = "tensorrt" if tensorrt_build.available() else "onnx"
+    if fmt not in engines.FORMATS:
+        raise EngineError(f"unknown engine format '{fmt}': use auto or one of {', '.join(engines.FORMATS)}")
+    spec = engines.FORMATS[fmt]  # file, runtime, device and precision of this format
+    device, precision = spec.built_for(torch.cuda.is_available())
     height, width = frames.shape[-2:]
     root = Path(engines_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -106,6 +112,7 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
     try:
         meta = {"checkpoint_sha256": digest, "encoder": model.spec.encoder}
         gpu: dict[str, Any] = {}
+        trt_versions: dict[str, str] = {}
         if fmt != "torch":  # a torch engine is the checkpoint itself: no ONNX to export or check
             fp32 = Path(onnx_path) if onnx_path else export_onnx(model, staging / "model.onnx", height, width,
                                                                   max_batch, metadata=meta)
@@ -113,33 +120,28 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
             log.info("ONNX export matches PyTorch (max |diff| %.2e)", diff)
         if fmt == "tensorrt":
             fp16 = export_onnx(model, staging / "model.fp16.onnx", height, width, max_batch, half=True, metadata=meta)
-            trt_versions = tensorrt_build.build_plan(fp16, staging / "model.plan", INPUT, height, width, max_batch,
+            trt_versions = tensorrt_build.build_plan(fp16, staging / spec.file, INPUT, height, width, max_batch,
                                                      opt_batch, tensorrt_build.timing_cache_path(root))
             fp16.unlink()
             if fp32.parent == staging:
                 fp32.unlink()
             props = torch.cuda.get_device_properties(0)
             gpu = {"name": props.name, "capability": f"{props.major}.{props.minor}"}
-            engine_file, precision, device = "model.plan", "fp16", "cuda"
-        elif fmt == "torch":  # PyTorch backend, FP16 on CUDA
-            trt_versions = {}
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            engine_file, precision = "checkpoint.pt", "fp16" if device == "cuda" else "fp32"
+        elif fmt == "torch":  # the engine file is the checkpoint itself
             keep_checkpoint = True
-        else:
-            if fp32.parent != staging:
-                shutil.copyfile(fp32, staging / "model.onnx")
-            trt_versions = {}
-            engine_file, precision, device = "model.onnx", "fp32", "cpu"
+        elif fp32 != staging / spec.file:  # onnx: the FP32 export is the engine
+            shutil.copyfile(fp32, staging / spec.file)
         if keep_checkpoint and ckpt["spec"] != read_spec(checkpoint):  # --tta changed it: the copy says so
             torch.save(ckpt, staging / "checkpoint.pt")
         elif keep_checkpoint:
             shutil.copyfile(checkpoint, staging / "checkpoint.pt")
         tuned = PostprocessParams.resolve(None, ckpt.get("postprocess"))
-        manifest = _manifest(engine_id, fmt, engine_file, precision, staging, height, width, max_batch, tuned,
-                             digest, checkpoint, ckpt, trt_versions, gpu, keep_checkpoint)
+        manifest = _manifest(engine_id=engine_id, fmt=fmt, engine_file=spec.file, precision=precision,
+                             folder=staging, height=height, width=width, max_batch=max_batch, tuned=tuned,
+                             digest=digest, checkpoint=checkpoint, ckpt=ckpt, trt_versions=trt_versions, gpu=gpu,
+                             keep_checkpoint=keep_checkpoint)
         (staging / engines.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        check = parity(model, staging, frames, tuned.thresholds, backends.NATIVE[fmt], device)
+        check = parity(model, staging, frames, tuned.thresholds, spec.backend, device)
         manifest["parity"] = {"dice_per_class": [round(d, 5) for d in check.dice], "frames": check.frames,
                               "max_abs_prob_diff": check.max_abs_diff, "min_dice": MIN_DICE}
         if not check.ok:
@@ -173,7 +175,7 @@ def read_spec(checkpoint: Path) -> dict[str, Any]:
     return read_checkpoint(checkpoint)["spec"]
 
 
-def _manifest(engine_id: str, fmt: str, engine_file: str, precision: str, folder: Path, height: int, width: int,
+def _manifest(*, engine_id: str, fmt: str, engine_file: str, precision: str, folder: Path, height: int, width: int,
               max_batch: int, tuned: PostprocessParams, digest: str, checkpoint: Path, ckpt: dict[str, Any],
               trt_versions: dict[str, str], gpu: dict[str, Any], keep_checkpoint: bool) -> dict[str, Any]:
     import onnx

@@ -10,7 +10,7 @@ train.csv and reviewed.txt; from then on only the reviewed images count (later c
 from __future__ import annotations
 
 import csv
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,10 +258,6 @@ def stratified_folds(samples: list[Sample], k: int, seed: int) -> list[list[Samp
             folds[turn % k].append(group[i])
             turn += 1
     return folds
-
-
-def combination_counts(samples: list[Sample]) -> Counter[tuple[int, ...]]:
-    return Counter(s.classes for s in samples)
 
 
 class SteelDataset(Dataset):

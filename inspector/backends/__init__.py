@@ -1,8 +1,9 @@
 """Backends behind one interface (`base.Backend`), and the one table that says which runs what, where.
 
     BACKENDS      backend -> module:class (imported when asked for: importing this never imports tensorrt or
-                  onnxruntime), the engine formats it can run and the devices it can run on
-    NATIVE        engine format -> the backend its file was built for
+                  onnxruntime), the devices it can run on, and whether it runs any folder's checkpoint
+    NATIVE        engine format -> the backend its file was built for, read from inspector.engines.FORMATS (the
+                  one table of engine formats: file, runtime, device, precision)
     resolve()     (format, checkpoint kept?, engine.backend, engine.device, what this host has) -> the choice and
                   why, in words for the start-up line
 
@@ -18,24 +19,23 @@ import importlib
 from dataclasses import dataclass
 
 from inspector.backends.base import Backend, EngineOutput
-from inspector.engines import EngineFolder
+from inspector.engines import FORMATS, EngineFolder
 from inspector.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class BackendInfo:
     target: str  # module:Class
-    formats: tuple[str, ...]  # engine formats it runs ("checkpoint": any folder that keeps its checkpoint)
     devices: tuple[str, ...]
+    checkpoints: bool = False  # besides its own formats (NATIVE), runs any engine folder that keeps its checkpoint
 
 
 BACKENDS: dict[str, BackendInfo] = {
-    "torch": BackendInfo("inspector.backends.torch_backend:TorchBackend", ("torch", "checkpoint"), ("cpu", "cuda")),
-    "onnxruntime": BackendInfo("inspector.backends.onnxruntime_backend:OnnxRuntimeBackend", ("onnx",),
-                               ("cpu", "cuda")),
-    "tensorrt": BackendInfo("inspector.backends.tensorrt_backend:TensorRTBackend", ("tensorrt",), ("cuda",)),
+    "torch": BackendInfo("inspector.backends.torch_backend:TorchBackend", ("cpu", "cuda"), checkpoints=True),
+    "onnxruntime": BackendInfo("inspector.backends.onnxruntime_backend:OnnxRuntimeBackend", ("cpu", "cuda")),
+    "tensorrt": BackendInfo("inspector.backends.tensorrt_backend:TensorRTBackend", ("cuda",)),
 }
-NATIVE = {"onnx": "onnxruntime", "tensorrt": "tensorrt", "torch": "torch"}  # engine format -> its own backend
+NATIVE = {name: spec.backend for name, spec in FORMATS.items()}  # engine format -> its own backend
 DEVICES = ("cpu", "cuda")
 
 __all__ = ["BACKENDS", "DEVICES", "NATIVE", "Backend", "Choice", "EngineOutput", "Host", "create", "resolve"]
@@ -80,8 +80,8 @@ class Choice:
 
 
 def runs(backend: str, fmt: str, has_checkpoint: bool) -> bool:
-    formats = BACKENDS[backend].formats
-    return fmt in formats or ("checkpoint" in formats and has_checkpoint)
+    """Can `backend` run an engine of format `fmt`: built for it, or from the checkpoint its folder keeps?"""
+    return NATIVE.get(fmt) == backend or (BACKENDS[backend].checkpoints and has_checkpoint)
 
 
 def _on(backend: str, device: str, host: Host) -> bool:

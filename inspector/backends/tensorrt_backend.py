@@ -17,9 +17,10 @@ _DTYPES = {"HALF": torch.float16, "FLOAT": torch.float32, "UINT8": torch.uint8, 
            "BF16": torch.bfloat16}
 
 
-def check_compatible(manifest_versions: dict[str, str], manifest_gpu: dict[str, object], trt_version: str,
+def check_built_here(manifest_versions: dict[str, str], manifest_gpu: dict[str, object], trt_version: str,
                      gpu_name: str, capability: str) -> None:
-    """Raise EngineMismatchError unless the plan was built by this TensorRT on this GPU model."""
+    """Raise EngineMismatchError unless the plan was built by this TensorRT on this GPU model (not to be confused
+    with serving.check_compatible, which checks a candidate engine against the one in service and the config)."""
     built = manifest_versions.get("tensorrt")
     if built != trt_version:
         raise EngineMismatchError(f"engine built with TensorRT {built}, this machine has {trt_version}: "
@@ -42,7 +43,7 @@ class TensorRTBackend(Backend):
         if self.device.type != "cuda":
             raise EngineError("the tensorrt backend needs engine.device cuda")
         props = torch.cuda.get_device_properties(self.device)
-        check_compatible(self.manifest.versions, self.manifest.gpu, trt.__version__, props.name,
+        check_built_here(self.manifest.versions, self.manifest.gpu, trt.__version__, props.name,
                          f"{props.major}.{props.minor}")
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)

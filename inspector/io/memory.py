@@ -12,14 +12,16 @@ import threading
 from collections.abc import Sequence
 
 from inspector.io.base import Entry, Gap, Outcome, Published, SourceState, redelivered
+from inspector.io.redis_scripts import MAX_WAITING_SEQS
 from inspector.protocol import dead_letter_fields
 
 
 class SeqTracker:
-    """Per-camera seq tracking, the Python twin of the Lua in PUBLISH (see redis_scripts' docstring)."""
+    """Per-camera seq tracking, the Python twin of the Lua in PUBLISH (see redis_scripts' docstring), with the same
+    MAX_WAITING_SEQS; tests/test_contract.py checks the two agree case by case and on seeded random streams."""
 
-    def __init__(self, max_jump: int) -> None:
-        self.max_jump = max_jump
+    def __init__(self, max_jump: int, max_waiting: int = MAX_WAITING_SEQS) -> None:
+        self.max_jump, self.max_waiting = max_jump, max_waiting
         self.w: dict[str, int] = {}
         self.seen: dict[str, list[tuple[int, int]]] = {}  # camera -> [(seq, entry number)]
 
@@ -47,7 +49,7 @@ class SeqTracker:
             elif s < w or s - w - 1 > self.max_jump:
                 reports.append(Gap(camera, w, s, "reset"))
                 w = s
-            elif settled(n) or len(waiting) > 10000:
+            elif settled(n) or len(waiting) > self.max_waiting:
                 reports.append(Gap(camera, w, s, "gap"))
                 w = s
             else:

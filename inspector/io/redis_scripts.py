@@ -19,10 +19,29 @@ missing. Published seqs above w wait in a sorted set with their entry ids. The s
 when s = w + 1, or, when s > w + 1, once no entry older than s's entry is pending in the group: frames reach the
 stream in seq order per camera and the group delivers in stream order, so a missing seq can no longer arrive and
 is a real gap, reported by exactly one worker. A seq at or below w (camera restart) or a jump over
-camera.max_seq_jump is a reset, not a gap.
+camera.max_seq_jump is a reset, not a gap. More than MAX_WAITING_SEQS waiting seqs (a frame pending for ages)
+confirm the head's gap anyway, so the set stays bounded. The in-memory twin (`io.memory.SeqTracker`) applies the
+same rule with the same constants; tests/test_contract.py runs both on each case.
+
+The numbers the Lua shares with Python (MAX_WAITING_SEQS, protocol.MAX_DEAD_ITEMS) are written into its text
+from the Python constants: `@NAME@` markers, replaced once at import.
 """
 
-PUBLISH = r"""#!lua
+from inspector.protocol import MAX_DEAD_ITEMS
+
+MAX_WAITING_SEQS = 10_000  # per camera: more published seqs waiting above w force the head's gap to be confirmed
+
+
+def _filled(template: str, **values: int) -> str:
+    """The script with each `@NAME@` replaced by its value; a marker left over is a bug here, not at run time."""
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", str(int(value)))
+    if "@" in template:
+        raise AssertionError(f"Lua script keeps an unfilled marker near {template[template.index('@'):][:40]!r}")
+    return template
+
+
+PUBLISH = _filled(r"""#!lua
 -- KEYS: frames, events, dead, then per camera of the batch its state hash and its seen sorted set
 -- ARGV: group, consumer, events_maxlen, dead_maxlen, trim (all_groups|own_group|off), retention_ms,
 --       camera_ttl_s, max_jump, acked_flag (1: XTRIM ... ACKED, Redis 8.2+), ncam, ncam camera names (in the
@@ -52,7 +71,7 @@ local outcomes, i = {}, 12 + ncam
 for k = 1, n do
   local ndead = tonumber(ARGV[i + 4])
   local seq = tonumber(ARGV[i + 3])
-  if not ndead or not seq or ndead < 0 or ndead > 200 or ndead % 2 ~= 0 or i + 4 + ndead > #ARGV then
+  if not ndead or not seq or ndead < 0 or ndead > @MAX_DEAD_ITEMS@ or ndead % 2 ~= 0 or i + 4 + ndead > #ARGV then
     return redis.error_reply('ERR publish: malformed outcome ' .. k)
   end
   local fenced = #redis.call('XPENDING', KEYS[1], group, ARGV[i], ARGV[i], 1, consumer) == 1
@@ -101,7 +120,10 @@ local function settled(entry_id)  -- nothing older than entry_id is still pendin
 end
 for camera, list in pairs(cameras) do
   local state, seen = camera_keys[camera][1], camera_keys[camera][2]
-  for _, o in ipairs(list) do redis.call('ZADD', seen, o.seq, o.id) end
+  for _, o in ipairs(list) do  -- the member is the entry id zero-padded: equal seqs then sort oldest entry first
+    local p = parse_id(o.id)
+    redis.call('ZADD', seen, o.seq, string.format('%020.0f-%020.0f', p[1], p[2]))
+  end
   local w = tonumber(redis.call('HGET', state, 'w'))
   while true do
     local head = redis.call('ZRANGE', seen, 0, 0, 'WITHSCORES')
@@ -117,7 +139,7 @@ for camera, list in pairs(cameras) do
       redis.call('HINCRBY', state, 'resets', 1)
       table.insert(reports, {camera, w, s, 'reset'})
       w = s
-    elseif settled(id) or redis.call('ZCARD', seen) > 10000 then
+    elseif settled(id) or redis.call('ZCARD', seen) > @MAX_WAITING_SEQS@ then
       redis.call('HINCRBY', state, 'gaps', s - w - 1)
       redis.call('HINCRBY', state, 'gap_runs', 1)
       table.insert(reports, {camera, w, s, 'gap'})
@@ -172,7 +194,7 @@ for _, r in ipairs(reports) do
   table.insert(flat, string.format('%.0f', r[3])); table.insert(flat, r[4])
 end
 return {done, flat, trimmed}
-"""
+""", MAX_DEAD_ITEMS=MAX_DEAD_ITEMS, MAX_WAITING_SEQS=MAX_WAITING_SEQS)
 
 CLAIM = r"""#!lua
 -- KEYS: frames, then the heartbeat key of each candidate. ARGV: group, me, count, then each candidate's name.

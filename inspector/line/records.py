@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from inspector.errors import describe
 from inspector.protocol import EVENT_FIELD, MAX_CAMERA_CHARS, MAX_COIL_CHARS
 
 STORE, UNKNOWN_CAMERA, UNPLACED, ACK = "store", "unknown_camera", "unplaced", "ack"
@@ -96,7 +97,7 @@ def _event(fields: dict[bytes, bytes] | None) -> dict[str, Any]:
         event = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_bin_len=MAX_EVENT_BYTES,
                                 max_str_len=MAX_EVENT_BYTES, max_array_len=1_000_000, max_map_len=64)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ValueError(f"field 'e' is not msgpack: {type(exc).__name__}") from None
+        raise ValueError(f"field 'e' is not msgpack: {describe(exc, 120)}") from None
     if not isinstance(event, dict):
         raise ValueError("field 'e' must be a msgpack map")
     return event
