@@ -61,9 +61,13 @@ def test_use_moves_a_running_worker_and_back_losing_nothing(redis_url, shipped_r
     pipe = from_config(make_cfg(redis_url, root / "current", engine__watch_every_s=0.2, engine__require_gate=False),
                        metrics=metrics)
     runner = threading.Thread(target=pipe.run, kwargs={"handle_signals": False}, daemon=True)
-    total = 200
-    camera = threading.Thread(target=feed, args=(redis_adder(client, "inspect:{main}:frames"),
-                                                 messages(synthetic_payloads(0, 4), "cam-u"), total, 50.0))
+    # the camera runs until the worker is back on the first engine and has answered frames with it: a fixed count
+    # could all be answered before the switch back on a slow machine (the test would then see no third run)
+    stop = threading.Event()
+    sent: list[int] = []
+    camera = threading.Thread(target=lambda: sent.append(feed(
+        redis_adder(client, "inspect:{main}:frames"), messages(synthetic_payloads(0, 4), "cam-u"), 10**9, 50.0,
+        stop.is_set)))
     runner.start()
     camera.start()
     cli = CliRunner()
@@ -77,9 +81,15 @@ def test_use_moves_a_running_worker_and_back_losing_nothing(redis_url, shipped_r
         back = cli.invoke(trainer_main, ["engines", "--engines", str(root), "use", first])
         assert back.exit_code == 0, back.output
         wait_for(lambda: pipe.engine.model_id == first, what="the switch back")
+        seen = client.xlen("inspect:{main}:events")
+        wait_for(lambda: client.xlen("inspect:{main}:events") >= seen + 30, what="events from the first engine again")
+        stop.set()
         camera.join()
+        total = sent[0]
+        assert total >= 90
         wait_for(lambda: client.xlen("inspect:{main}:events") >= total, what="every event")
     finally:
+        stop.set()
         pipe.stop()
         runner.join(60)
         pipe.close()
