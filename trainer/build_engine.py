@@ -27,7 +27,7 @@ import torch
 
 from inspector import backends, engines
 from inspector.errors import EngineError
-from inspector.model import CLASS_NAMES, InspectionNet, load_checkpoint, read_checkpoint, with_tta
+from inspector.model import CLASS_NAMES, InspectionNet, load_checkpoint, with_tta
 from inspector.postprocess import PostprocessParams
 from trainer import gate, tensorrt_build
 from trainer.export import INPUT, OUTPUTS, check_parity, export_onnx
@@ -92,7 +92,8 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
     test-time augmentation inside the engine; None keeps the checkpoint's own."""
     checkpoint = Path(checkpoint)
     model, ckpt = load_checkpoint(str(checkpoint))
-    if tta is not None and tta != model.spec.tta:
+    respec = tta is not None and tta != model.spec.tta
+    if respec:
         with_tta(model, tta)
         ckpt = {**ckpt, "spec": model.spec.as_dict()}
     if fmt == "auto":
@@ -131,7 +132,7 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
             keep_checkpoint = True
         elif fp32 != staging / spec.file:  # onnx: the FP32 export is the engine
             shutil.copyfile(fp32, staging / spec.file)
-        if keep_checkpoint and ckpt["spec"] != read_spec(checkpoint):  # --tta changed it: the copy says so
+        if keep_checkpoint and respec:  # --tta changed the spec: the kept copy says so
             torch.save(ckpt, staging / "checkpoint.pt")
         elif keep_checkpoint:
             shutil.copyfile(checkpoint, staging / "checkpoint.pt")
@@ -169,10 +170,6 @@ def build(checkpoint: str | Path, frames: torch.Tensor, engines_dir: str | Path 
     if install:
         switch_current(root, engine_id)
     return final
-
-
-def read_spec(checkpoint: Path) -> dict[str, Any]:
-    return read_checkpoint(checkpoint)["spec"]
 
 
 def _manifest(*, engine_id: str, fmt: str, engine_file: str, precision: str, folder: Path, height: int, width: int,
